@@ -1,0 +1,443 @@
+"""SMPP 3.4 ESME session state machine, without I/O.
+
+Rule of this module: it never reads a clock and never touches a socket. Bytes go in through
+`receive_data(data, now)`, events come out as a list; requests go out through `send_request(pdu, now)`
+and the bytes to write accumulate in `data_to_send()`. Timers (response timeouts, bind timeout,
+enquire_link keep-alive) are driven by `handle_timer(now)` at `next_deadline()`. The asyncio layer
+in `client.py` owns the socket and the clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.smpp import codec
+from gateway.smpp.pdu import (
+    RESPONSE_FOR,
+    BindReceiver,
+    BindTransceiver,
+    BindTransmitter,
+    CommandId,
+    DataSm,
+    DeliverSm,
+    EnquireLink,
+    EnquireLinkResp,
+    GenericNack,
+    Pdu,
+    Status,
+    Unbind,
+    UnbindResp,
+    UnknownPdu,
+    _Bind,
+    status_name,
+)
+
+MAX_SEQUENCE = 0x7FFFFFFF
+
+
+class State(enum.Enum):
+    OPEN = "open"  # TCP up, not bound
+    BINDING = "binding"
+    BOUND_TX = "bound_tx"
+    BOUND_RX = "bound_rx"
+    BOUND_TRX = "bound_trx"
+    UNBINDING = "unbinding"
+    CLOSED = "closed"
+
+
+BOUND_STATES = frozenset({State.BOUND_TX, State.BOUND_RX, State.BOUND_TRX})
+_BIND_STATE = {
+    CommandId.BIND_TRANSMITTER: State.BOUND_TX,
+    CommandId.BIND_RECEIVER: State.BOUND_RX,
+    CommandId.BIND_TRANSCEIVER: State.BOUND_TRX,
+}
+# Requests that occupy a slot of the submit window. enquire_link and unbind must always get through.
+_WINDOWED = frozenset({CommandId.SUBMIT_SM, CommandId.DATA_SM})
+
+
+class SessionError(codec.SmppError):
+    """A local misuse of the session (sending while not bound, window full)."""
+
+
+class NotBoundError(SessionError):
+    pass
+
+
+class WindowFullError(SessionError):
+    pass
+
+
+# -- events -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Bound(Event):
+    system_id: str  # the SMSC's system_id from bind_resp
+    interface_version: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class BindFailed(Event):
+    status: int  # command_status of bind_resp, or -1 for a timeout
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived(Event):
+    """The answer to one of our requests (generic_nack included); `context` is what the caller passed."""
+
+    request_command_id: int
+    response: Pdu
+    context: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RequestTimedOut(Event):
+    request_command_id: int
+    sequence_number: int
+    context: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived(Event):
+    """deliver_sm / data_sm from the SMSC. The caller answers with `send_response` when it is safe."""
+
+    pdu: DeliverSm | DataSm
+
+
+@dataclass(frozen=True, slots=True)
+class Unbound(Event):
+    by_peer: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDead(Event):
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolViolation(Event):
+    """The peer sent something we could not use. `fatal` means the connection must close now."""
+
+    reason: str
+    fatal: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    command_id: int
+    deadline: float
+    context: Any
+
+
+class Session:
+    """One SMPP connection from the ESME side."""
+
+    def __init__(
+        self,
+        *,
+        window: int = 10,
+        response_timeout: float = 30.0,
+        bind_timeout: float = 10.0,
+        enquire_link_interval: float = 30.0,
+    ) -> None:
+        self.window = window
+        self.response_timeout = response_timeout
+        self.bind_timeout = bind_timeout
+        self.enquire_link_interval = enquire_link_interval
+        self.state = State.OPEN
+        self._framer = codec.Framer()
+        self._out = bytearray()
+        self._next_seq = 1
+        # Insertion order == deadline order for one timeout value, so the oldest pending request is first.
+        self._pending: dict[int, _Pending] = {}
+        self._windowed = 0
+        self._last_received = 0.0
+        self._enquire_seq: int | None = None
+        self._bind_seq: int | None = None
+
+    # -- properties ----------------------------------------------------------------------------------
+
+    @property
+    def is_bound(self) -> bool:
+        return self.state in BOUND_STATES
+
+    @property
+    def can_transmit(self) -> bool:
+        return self.state in (State.BOUND_TX, State.BOUND_TRX)
+
+    @property
+    def in_flight(self) -> int:
+        """Windowed requests (submit_sm, data_sm) awaiting their response."""
+        return self._windowed
+
+    @property
+    def window_free(self) -> int:
+        return max(0, self.window - self._windowed) if self.can_transmit else 0
+
+    def data_to_send(self) -> bytes:
+        """Bytes queued for the socket since the last call."""
+        out = bytes(self._out)
+        self._out.clear()
+        return out
+
+    # -- requests ------------------------------------------------------------------------------------
+
+    def _sequence(self) -> int:
+        seq = self._next_seq
+        self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
+        while seq in self._pending:  # only after a wrap with a very old request still pending
+            seq = self._next_seq
+            self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
+        return seq
+
+    def bind(self, pdu: _Bind, now: float) -> int:
+        """Queue a bind request; the outcome arrives as `Bound` or `BindFailed`."""
+        if self.state is not State.OPEN:
+            raise SessionError(f"bind in state {self.state.value}")
+        if not isinstance(pdu, BindTransmitter | BindReceiver | BindTransceiver):
+            raise SessionError("not a bind PDU")
+        seq = self._sequence()
+        self._out += codec.encode(_with_sequence(pdu, seq))
+        self._pending[seq] = _Pending(pdu.command_id, now + self.bind_timeout, None)
+        self._bind_seq = seq
+        self._last_received = now
+        self.state = State.BINDING
+        return seq
+
+    def send_request(self, pdu: Pdu, now: float, context: Any = None) -> int:
+        """Queue a request (submit_sm, data_sm, ...) with a fresh sequence number; return that number.
+
+        Raises:
+            NotBoundError: the session cannot transmit now.
+            WindowFullError: the submit window is full.
+            PduEncodeError: the PDU does not encode.
+        """
+        cid = pdu.command_id
+        if cid in _WINDOWED:
+            if not self.can_transmit:
+                raise NotBoundError(f"cannot send {CommandId(cid).name.lower()} in state {self.state.value}")
+            if self._windowed >= self.window:
+                raise WindowFullError(f"window of {self.window} is full")
+        elif not self.is_bound:
+            raise NotBoundError(f"cannot send {CommandId(cid).name.lower()} in state {self.state.value}")
+        seq = self._sequence()
+        # Encode before recording: an encode error must leave no phantom pending request.
+        data = codec.encode(_with_sequence(pdu, seq))
+        self._out += data
+        self._pending[seq] = _Pending(cid, now + self.response_timeout, context)
+        if cid in _WINDOWED:
+            self._windowed += 1
+        return seq
+
+    def send_response(self, pdu: Pdu) -> None:
+        """Queue a response to a request from the peer (deliver_sm_resp, data_sm_resp)."""
+        if self.state is State.CLOSED:
+            return
+        self._out += codec.encode(pdu)
+
+    def unbind(self, now: float) -> None:
+        """Start a clean unbind; `Unbound` follows (or a timeout, then the caller closes)."""
+        if not self.is_bound:
+            self.state = State.CLOSED
+            return
+        seq = self._sequence()
+        self._out += codec.encode(Unbind(sequence_number=seq))
+        self._pending[seq] = _Pending(CommandId.UNBIND, now + min(self.response_timeout, 5.0), None)
+        self.state = State.UNBINDING
+
+    def connection_lost(self) -> list[Event]:
+        """The socket is gone: every pending request times out now, in order."""
+        events: list[Event] = [
+            RequestTimedOut(p.command_id, seq, p.context)
+            for seq, p in self._pending.items()
+            if p.command_id in _WINDOWED
+        ]
+        self._pending.clear()
+        self._windowed = 0
+        self.state = State.CLOSED
+        return events
+
+    # -- incoming ------------------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes, now: float) -> list[Event]:
+        """Feed bytes from the socket; return the events they produce, in order."""
+        if self.state is State.CLOSED:
+            return []
+        self._last_received = now
+        events: list[Event] = []
+        try:
+            frames = self._framer.feed(data)
+        except codec.PduDecodeError as exc:
+            self._out += codec.encode(GenericNack(sequence_number=exc.sequence_number, command_status=exc.status))
+            self.state = State.CLOSED
+            return [ProtocolViolation(str(exc), fatal=True)]
+        for frame in frames:
+            try:
+                pdu = codec.decode(frame)
+            except codec.PduDecodeError as exc:
+                events.append(self._answer_decode_error(exc))
+                if exc.fatal:
+                    self.state = State.CLOSED
+                    break
+                continue
+            self._handle_pdu(pdu, now, events)
+            if self.state is State.CLOSED:
+                break
+        return events
+
+    def _answer_decode_error(self, exc: codec.PduDecodeError) -> Event:
+        cid = exc.command_id
+        if cid & 0x80000000:
+            # A broken response: never answer a response; fail nothing (the request times out).
+            return ProtocolViolation(f"undecodable response: {exc}", fatal=exc.fatal)
+        resp_cls = RESPONSE_FOR.get(cid)
+        if resp_cls is not None and not exc.fatal:
+            self._out += codec.encode(resp_cls(sequence_number=exc.sequence_number, command_status=exc.status))
+        else:
+            self._out += codec.encode(GenericNack(sequence_number=exc.sequence_number, command_status=exc.status))
+        return ProtocolViolation(f"undecodable request: {exc}", fatal=exc.fatal)
+
+    def _handle_pdu(self, pdu: Pdu, now: float, events: list[Event]) -> None:
+        if isinstance(pdu, UnknownPdu):
+            if not pdu.is_response:
+                self._out += codec.encode(
+                    GenericNack(sequence_number=pdu.sequence_number, command_status=Status.RINVCMDID)
+                )
+            events.append(ProtocolViolation(f"unknown command_id 0x{pdu.raw_command_id:08X}", fatal=False))
+            return
+        if pdu.is_response:
+            self._handle_response(pdu, events)
+            return
+        cid = pdu.command_id
+        if cid == CommandId.ENQUIRE_LINK:
+            self._out += codec.encode(EnquireLinkResp(sequence_number=pdu.sequence_number))
+        elif cid == CommandId.UNBIND:
+            self._out += codec.encode(UnbindResp(sequence_number=pdu.sequence_number))
+            events.extend(self.connection_lost())
+            events.append(Unbound(by_peer=True))
+        elif cid in (CommandId.DELIVER_SM, CommandId.DATA_SM):
+            if self.state in (State.BOUND_RX, State.BOUND_TRX) or (
+                cid == CommandId.DATA_SM and self.state is State.BOUND_TX
+            ):
+                events.append(RequestReceived(pdu))  # type: ignore[arg-type]
+            else:
+                resp_cls = RESPONSE_FOR[cid]
+                self._out += codec.encode(
+                    resp_cls(sequence_number=pdu.sequence_number, command_status=Status.RINVBNDSTS)
+                )
+                events.append(ProtocolViolation(f"{CommandId(cid).name.lower()} in state {self.state.value}",
+                                                fatal=False))
+        elif cid == CommandId.OUTBIND:
+            # We always dial out ourselves; an outbind on our own connection is meaningless.
+            events.append(ProtocolViolation("outbind on an ESME-initiated connection ignored", fatal=False))
+        else:
+            resp_cls = RESPONSE_FOR.get(cid, GenericNack)
+            status = Status.RINVBNDSTS if resp_cls is not GenericNack else Status.RINVCMDID
+            self._out += codec.encode(resp_cls(sequence_number=pdu.sequence_number, command_status=status))
+            events.append(ProtocolViolation(f"unexpected request {CommandId(cid).name.lower()}", fatal=False))
+
+    def _handle_response(self, pdu: Pdu, events: list[Event]) -> None:
+        seq = pdu.sequence_number
+        pending = self._pending.pop(seq, None)
+        if pending is None:
+            events.append(ProtocolViolation(f"response 0x{pdu.command_id:08X} seq {seq} matches no request",
+                                            fatal=False))
+            return
+        if pending.command_id in _WINDOWED:
+            self._windowed -= 1
+        if isinstance(pdu, GenericNack) or pdu.command_id == pending.command_id | 0x80000000:
+            pass
+        else:
+            events.append(ProtocolViolation(
+                f"response 0x{pdu.command_id:08X} to request 0x{pending.command_id:08X} seq {seq}", fatal=False))
+        if seq == self._bind_seq:
+            self._bind_seq = None
+            if pdu.command_status == 0 and not isinstance(pdu, GenericNack):
+                self.state = _BIND_STATE[CommandId(pending.command_id)]
+                events.append(Bound(getattr(pdu, "system_id", ""),
+                                    getattr(pdu, "tlv_int", lambda _t: None)(0x0210)))
+            else:
+                self.state = State.CLOSED
+                events.append(BindFailed(pdu.command_status, f"bind refused: {status_name(pdu.command_status)}"))
+            return
+        if seq == self._enquire_seq:
+            self._enquire_seq = None
+            return
+        if pending.command_id == CommandId.UNBIND:
+            events.extend(self.connection_lost())
+            events.append(Unbound(by_peer=False))
+            return
+        events.append(ResponseReceived(pending.command_id, pdu, pending.context))
+
+    # -- timers --------------------------------------------------------------------------------------
+
+    def next_deadline(self) -> float | None:
+        """When `handle_timer` must next run, or None when nothing is armed."""
+        if self.state is State.CLOSED:
+            return None
+        deadline: float | None = None
+        if self._pending:
+            deadline = next(iter(self._pending.values())).deadline
+            if self._enquire_seq is not None or self._bind_seq is not None:
+                # Those use other timeouts than submits: look at every pending entry only then (rare).
+                deadline = min(p.deadline for p in self._pending.values())
+        if self.is_bound and self._enquire_seq is None:
+            keepalive = self._last_received + self.enquire_link_interval
+            deadline = keepalive if deadline is None else min(deadline, keepalive)
+        return deadline
+
+    def handle_timer(self, now: float) -> list[Event]:
+        """Expire timed-out requests and send enquire_link when the link has been quiet."""
+        events: list[Event] = []
+        if self.state is State.CLOSED:
+            return events
+        expired: list[int] = []
+        for seq, p in self._pending.items():
+            if p.deadline > now:
+                if self._enquire_seq is None and self._bind_seq is None:
+                    break
+                continue
+            expired.append(seq)
+        for seq in expired:
+            p = self._pending.pop(seq)
+            if seq == self._bind_seq:
+                self._bind_seq = None
+                self.state = State.CLOSED
+                events.append(BindFailed(-1, f"no bind response within {self.bind_timeout:g} s"))
+                return events
+            if seq == self._enquire_seq:
+                self._enquire_seq = None
+                self.state = State.CLOSED
+                events.extend(self.connection_lost())
+                events.append(LinkDead(f"no enquire_link_resp within {self.response_timeout:g} s"))
+                return events
+            if p.command_id == CommandId.UNBIND:
+                events.extend(self.connection_lost())
+                events.append(Unbound(by_peer=False))
+                return events
+            if p.command_id in _WINDOWED:
+                self._windowed -= 1
+            events.append(RequestTimedOut(p.command_id, seq, p.context))
+        if (
+            self.is_bound
+            and self._enquire_seq is None
+            and now - self._last_received >= self.enquire_link_interval
+        ):
+            seq = self._sequence()
+            self._out += codec.encode(EnquireLink(sequence_number=seq))
+            self._pending[seq] = _Pending(CommandId.ENQUIRE_LINK, now + self.response_timeout, None)
+            self._enquire_seq = seq
+        return events
+
+
+def _with_sequence(pdu: Pdu, seq: int) -> Pdu:
+    return dataclasses.replace(pdu, sequence_number=seq)
