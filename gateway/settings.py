@@ -1,0 +1,176 @@
+"""Gateway settings: a TOML file (`--config`) with `SMSGW_` environment overrides (`__` for nesting).
+
+Secrets (SMPP passwords, the database URL) may come from the environment or from files
+(`password_file`, `url_file`) so they stay out of config files. A bad config fails at start with one
+line per problem, naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+IdFormat = Literal["string", "decimal", "hex"]
+
+# ESME_RSYSERR, ESME_RMSGQFUL, ESME_RTHROTTLED, ESME_RX_T_APPN: retry later (Kannel's transient set).
+DEFAULT_TRANSIENT_STATUSES = frozenset({0x08, 0x14, 0x58, 0x64})
+THROTTLE_STATUSES = frozenset({0x14, 0x58})
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the key and the problem."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SmscSettings(_Model):
+    """One carrier SMSC account."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(2775, ge=1, le=65535)
+    system_id: str = Field(min_length=1, max_length=15)
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    system_type: str = Field("", max_length=12)
+    binds: int = Field(1, ge=1, le=64, description="transceiver binds opened to this SMSC")
+    window: int = Field(10, ge=1, le=1000, description="unanswered submit_sm per bind")
+    tps: float = Field(0.0, ge=0, description="messages per second for the account, split over its binds; 0 = no limit")
+    response_timeout: float = Field(30.0, gt=0)
+    bind_timeout: float = Field(10.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    enquire_link_interval: float = Field(30.0, gt=0)
+    reconnect_min: float = Field(1.0, gt=0)
+    reconnect_max: float = Field(60.0, gt=0)
+    tls: bool = False
+    tls_ca_file: Path | None = None
+    source_ton: int | None = Field(None, ge=0, le=255, description="None: 3 for short codes, 5 alphanumeric, 1 else")
+    source_npi: int | None = Field(None, ge=0, le=255)
+    dest_ton: int = Field(1, ge=0, le=255)
+    dest_npi: int = Field(1, ge=0, le=255)
+    registered_delivery: int = Field(1, ge=0, le=255)
+    service_type: str = Field("", max_length=5)
+    submit_id_format: IdFormat = "string"
+    receipt_id_format: IdFormat = "string"
+    latin1: bool = False
+    transient_statuses: frozenset[int] = DEFAULT_TRANSIENT_STATUSES
+
+    @model_validator(mode="after")
+    def _password_present(self) -> SmscSettings:
+        if self.password is None and self.password_file is None:
+            raise ValueError("set password (or SMSGW_SMSC__<NAME>__PASSWORD) or password_file")
+        return self
+
+    def resolved_password(self) -> str:
+        """The SMPP password, read from `password_file` when given."""
+        if self.password_file is not None:
+            return self.password_file.read_text().strip()
+        assert self.password is not None
+        return self.password.get_secret_value()
+
+
+class DatabaseSettings(_Model):
+    url: SecretStr | None = None
+    url_file: Path | None = None
+    pool_size: int = Field(4, ge=2, le=64)
+
+    def resolved_url(self) -> str:
+        """The database URL, read from `url_file` when given."""
+        if self.url_file is not None:
+            return self.url_file.read_text().strip()
+        if self.url is None:
+            raise ConfigError("database.url: not set (or SMSGW_DATABASE__URL, or database.url_file)")
+        return self.url.get_secret_value()
+
+
+class DispatcherSettings(_Model):
+    instance: str = Field(default_factory=lambda: f"{os.uname().nodename}:{os.getpid()}")
+    lease_seconds: float = Field(60.0, gt=0, description="a claimed row returns to the queue after this")
+    max_claim: int = Field(500, ge=1, le=5000, description="rows claimed at most in one statement")
+    flush_interval: float = Field(0.015, gt=0, le=1.0, description="results are written at least this often")
+    flush_max_rows: int = Field(500, ge=1)
+    max_attempts: int = Field(5, ge=1)
+    retry_base: float = Field(2.0, gt=0, description="first retry back-off in seconds; doubles per attempt")
+    retry_max: float = Field(300.0, gt=0)
+    poll_interval: float = Field(1.0, gt=0, description="fallback poll when no NOTIFY arrives")
+    maintenance_interval: float = Field(2.0, gt=0, description="reaper, expiry and receipt sweeper period")
+    default_region: str = Field("US", min_length=2, max_length=2)
+    shutdown_timeout: float = Field(10.0, gt=0)
+    parked_receipt_days: float = Field(3.0, gt=0)
+
+
+class MetricsSettings(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(9464, ge=0, le=65535)
+
+
+class Settings(BaseSettings):
+    """Everything the daemon reads at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SMSGW_", env_nested_delimiter="__", extra="forbid", frozen=True, case_sensitive=False
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    smsc: dict[str, SmscSettings] = Field(default_factory=dict)
+    dispatcher: DispatcherSettings = DispatcherSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("smsc")
+    @classmethod
+    def _names(cls, value: dict[str, SmscSettings]) -> dict[str, SmscSettings]:
+        for name in value:
+            if not name or len(name) > 32 or not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"SMSC name {name!r} must be 1-32 letters, digits, '-' or '_'")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the TOML file (passed as init values).
+        return env_settings, init_settings
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load settings from a TOML file and the environment.
+
+    Raises:
+        ConfigError: unreadable file or invalid values; the message names each bad key.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from exc
+    data.update(overrides)
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: `key.path: message`."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(root)"
+        lines.append(f"config error: {key}: {err['msg']}")
+    return "\n".join(lines)

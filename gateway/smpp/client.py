@@ -1,0 +1,304 @@
+"""Thin asyncio layer over the sans-IO `Session`: owns the socket, the clock and the futures.
+
+Rule of this module: protocol decisions live in `session.py`; this file only moves bytes, arms one
+timer from `Session.next_deadline()`, and resolves futures keyed by sequence number. Every network
+wait has a timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from gateway.smpp import session as s
+from gateway.smpp.pdu import DataSm, DeliverSm, Pdu, _Bind
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionClosedError(s.SessionError):
+    """The connection closed before the request was answered (the request may have reached the SMSC)."""
+
+
+class RequestTimeoutError(s.SessionError):
+    """No response within the response timeout (the request may have reached the SMSC)."""
+
+
+class BindError(s.SessionError):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+RequestHandler = Callable[["SmppConnection", DeliverSm | DataSm], None]
+
+
+class SmppConnection(asyncio.Protocol):
+    """One TCP connection to an SMSC carrying one SMPP session.
+
+    `on_request` is called for every deliver_sm / data_sm; the caller answers it later with
+    `send_response` (after the message is committed). `on_close` is called once when the
+    connection is gone, whatever the reason.
+    """
+
+    def __init__(
+        self,
+        session: s.Session,
+        *,
+        name: str,
+        on_request: RequestHandler,
+        on_close: Callable[[SmppConnection, str], None] | None = None,
+        on_window: Callable[[SmppConnection], None] | None = None,
+    ) -> None:
+        self.session = session
+        self.name = name
+        self._on_request = on_request
+        self._on_close = on_close
+        self._on_window = on_window
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._bind_future: asyncio.Future[s.Bound] | None = None
+        self._unbind_future: asyncio.Future[None] | None = None
+        self._closed = asyncio.Event()
+        self.close_reason = ""
+        self.peer_system_id = ""
+        self._write_paused = False
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        events = self.session.receive_data(data, self._loop.time())
+        self._dispatch(events)
+        self._flush()
+        self._rearm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed by peer")
+        self._finish(reason)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._writable.set()
+        if self._on_window is not None:
+            self._on_window(self)
+
+    # -- API -----------------------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed.is_set()
+
+    @property
+    def can_submit(self) -> bool:
+        """Bound for transmit, a free window slot, and the socket buffer is not full."""
+        return not self._write_paused and self.session.window_free > 0 and not self.is_closed
+
+    async def bind(self, pdu: _Bind) -> s.Bound:
+        """Bind and wait for the outcome (bounded by the session's bind timeout).
+
+        Raises:
+            BindError: the SMSC refused the bind, or no answer in time.
+            ConnectionClosedError: the connection dropped meanwhile.
+        """
+        self._bind_future = self._loop.create_future()
+        self.session.bind(pdu, self._loop.time())
+        self._flush()
+        self._rearm()
+        # The session's own bind timer resolves the future; the outer wait is a safety net.
+        return await asyncio.wait_for(self._bind_future, self.session.bind_timeout + 5)
+
+    def send_request(self, pdu: Pdu) -> asyncio.Future[Pdu]:
+        """Send a request now; the future gets its response PDU (generic_nack included).
+
+        The future fails with RequestTimeoutError or ConnectionClosedError.
+
+        Raises:
+            NotBoundError, WindowFullError, PduEncodeError: raised at once, nothing was sent.
+        """
+        fut: asyncio.Future[Pdu] = self._loop.create_future()
+        self.session.send_request(pdu, self._loop.time(), fut)
+        self._flush()
+        self._rearm()
+        return fut
+
+    def send_response(self, pdu: Pdu) -> None:
+        """Answer a request of the SMSC (deliver_sm_resp, data_sm_resp)."""
+        if self.is_closed:
+            return
+        self.session.send_response(pdu)
+        self._flush()
+
+    async def unbind(self, timeout: float = 5.0) -> None:
+        """Unbind cleanly and close; never raises, never waits longer than `timeout`."""
+        if self.is_closed:
+            return
+        if self.session.is_bound:
+            self._unbind_future = self._loop.create_future()
+            self.session.unbind(self._loop.time())
+            self._flush()
+            self._rearm()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._unbind_future), timeout)
+            except (TimeoutError, ConnectionClosedError):
+                pass
+        self.close("unbound")
+        try:
+            await asyncio.wait_for(self._closed.wait(), timeout)
+        except TimeoutError:
+            self.abort("close timed out")
+
+    def close(self, reason: str) -> None:
+        """Close after flushing what is queued."""
+        if not self.close_reason:
+            self.close_reason = reason
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once."""
+        if not self.close_reason:
+            self.close_reason = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        data = self.session.data_to_send()
+        if data and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+    def _rearm(self) -> None:
+        deadline = self.session.next_deadline()
+        if deadline == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = deadline
+        if deadline is not None and not self.is_closed:
+            self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        events = self.session.handle_timer(self._loop.time())
+        self._dispatch(events)
+        self._flush()
+        self._rearm()
+
+    def _dispatch(self, events: list[s.Event]) -> None:
+        window_moved = False
+        for ev in events:
+            if isinstance(ev, s.ResponseReceived):
+                _resolve(ev.context, ev.response)
+                window_moved = True
+            elif isinstance(ev, s.RequestReceived):
+                try:
+                    self._on_request(self, ev.pdu)
+                except Exception:  # a handler bug must not kill the connection; the SMSC will redeliver
+                    log.exception("request handler failed", extra={"bind": self.name})
+            elif isinstance(ev, s.RequestTimedOut):
+                _fail(ev.context, RequestTimeoutError(f"no response to seq {ev.sequence_number}"))
+                window_moved = True
+            elif isinstance(ev, s.Bound):
+                self.peer_system_id = ev.system_id
+                if self._bind_future is not None and not self._bind_future.done():
+                    self._bind_future.set_result(ev)
+            elif isinstance(ev, s.BindFailed):
+                if self._bind_future is not None and not self._bind_future.done():
+                    self._bind_future.set_exception(BindError(ev.status, ev.reason))
+                self.close(ev.reason)
+            elif isinstance(ev, s.Unbound):
+                if self._unbind_future is not None and not self._unbind_future.done():
+                    self._unbind_future.set_result(None)
+                self.close("unbound by peer" if ev.by_peer else "unbound")
+            elif isinstance(ev, s.LinkDead):
+                log.warning("link dead", extra={"bind": self.name, "reason": ev.reason})
+                self.abort(ev.reason)
+            elif isinstance(ev, s.ProtocolViolation):
+                log.warning("protocol violation", extra={"bind": self.name, "reason": ev.reason, "fatal": ev.fatal})
+                if ev.fatal:
+                    self._flush()
+                    self.close(f"protocol error: {ev.reason}")
+        if window_moved and self._on_window is not None:
+            self._on_window(self)
+
+    def _finish(self, reason: str) -> None:
+        if self._closed.is_set():
+            return
+        self.close_reason = reason
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        events = self.session.connection_lost()
+        err = ConnectionClosedError(reason)
+        for ev in events:
+            if isinstance(ev, s.RequestTimedOut):
+                _fail(ev.context, err)
+        for fut in (self._bind_future, self._unbind_future):
+            if fut is not None and not fut.done():
+                fut.set_exception(ConnectionClosedError(reason))
+                fut.exception()  # mark retrieved: nobody may be waiting any more
+        self._closed.set()
+        self._writable.set()
+        if self._on_close is not None:
+            self._on_close(self, reason)
+
+
+def _resolve(context: Any, pdu: Pdu) -> None:
+    if isinstance(context, asyncio.Future) and not context.done():
+        context.set_result(pdu)
+
+
+def _fail(context: Any, exc: Exception) -> None:
+    if isinstance(context, asyncio.Future) and not context.done():
+        context.set_exception(exc)
+
+
+async def connect(
+    host: str,
+    port: int,
+    session: s.Session,
+    *,
+    name: str,
+    on_request: RequestHandler,
+    on_close: Callable[[SmppConnection, str], None] | None = None,
+    on_window: Callable[[SmppConnection], None] | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+    timeout: float = 10.0,
+) -> SmppConnection:
+    """Open a TCP (or TLS) connection to an SMSC; the session is not bound yet.
+
+    Raises:
+        OSError, TimeoutError: the SMSC is unreachable.
+    """
+    loop = asyncio.get_running_loop()
+    _, proto = await asyncio.wait_for(
+        loop.create_connection(
+            lambda: SmppConnection(session, name=name, on_request=on_request, on_close=on_close, on_window=on_window),
+            host,
+            port,
+            ssl=ssl_context,
+        ),
+        timeout,
+    )
+    return proto
