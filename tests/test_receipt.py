@@ -1,0 +1,453 @@
+"""Delivery receipt parsing, message id correlation and the simulator's receipt text."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.smpp.receipt import (
+    MESSAGE_STATES,
+    Receipt,
+    ReceiptParseError,
+    format_receipt_text,
+    msgid_key,
+    parse_receipt,
+)
+
+SPEC_EXAMPLE = (
+    b"id:0123456789 sub:001 dlvrd:001 submit date:0809011130 done date:0809011131"
+    b" stat:DELIVRD err:000 text:Hello world, this is"
+)
+
+
+def test_spec_appendix_b_form() -> None:
+    assert parse_receipt(SPEC_EXAMPLE) == Receipt(
+        message_id="0123456789",
+        stat="DELIVRD",
+        message_state=2,
+        err="000",
+        submitted=1,
+        delivered=1,
+        submit_date=datetime(2008, 9, 1, 11, 30),
+        done_date=datetime(2008, 9, 1, 11, 31),
+        text="Hello world, this is",
+    )
+
+
+# Each case: short_message and the fields it must yield (message_id, stat, err, sub, dlvrd, text).
+TEXT_CASES: list[tuple[str, bytes, tuple[str, str, str | None, int | None, int | None, str | None]]] = [
+    # smpp-reference §6 variant 1: hex and decimal ids are kept raw; msgid_key reconciles them.
+    (
+        "hex id",
+        b"id:04000000086ECD50 sub:001 dlvrd:001 submit date:2501151030 done date:2501151031 stat:DELIVRD err:000 text:",
+        ("04000000086ECD50", "DELIVRD", "000", 1, 1, ""),
+    ),
+    (
+        "zero-padded decimal id",
+        b"id:0000012345 sub:001 dlvrd:001 submit date:2501151030 done date:2501151031 stat:DELIVRD err:000 text:x",
+        ("0000012345", "DELIVRD", "000", 1, 1, "x"),
+    ),
+    # smpp-reference §6 variant 3: key spelling.
+    (
+        "capital Text",
+        b"id:77 sub:001 dlvrd:001 submit date:2501151030 done date:2501151031 stat:DELIVRD err:000"
+        b" Text:Your code is 1234",
+        ("77", "DELIVRD", "000", 1, 1, "Your code is 1234"),
+    ),
+    (
+        "submitdate/donedate without the space (OpenMarket)",
+        b"id:abc123 sub:001 dlvrd:000 submitdate:2501151030 donedate:2501151035 stat:UNDELIV err:001 text:Hi",
+        ("abc123", "UNDELIV", "001", 1, 0, "Hi"),
+    ),
+    (
+        "upper-case keys and lower-case stat",
+        b"ID:42 SUB:001 DLVRD:001 SUBMIT DATE:2501151030 DONE DATE:2501151031 STAT:delivrd ERR:000",
+        ("42", "DELIVRD", "000", 1, 1, None),
+    ),
+    # smpp-reference §6 variant 4: missing and reordered fields, odd ids and errs.
+    (
+        "no text, no err",
+        b"id:1 sub:001 dlvrd:001 submit date:2501151030 done date:2501151031 stat:DELIVRD",
+        ("1", "DELIVRD", None, 1, 1, None),
+    ),
+    (
+        "sub:000",
+        b"id:1 sub:000 dlvrd:000 submit date:2501151030 done date:2501151031 stat:EXPIRED err:000",
+        ("1", "EXPIRED", "000", 0, 0, None),
+    ),
+    (
+        "reordered",
+        b"stat:REJECTD err:011 id:99 done date:2501151031 dlvrd:000 sub:001 submit date:2501151030",
+        ("99", "REJECTD", "011", 1, 0, None),
+    ),
+    (
+        "only id and stat",
+        b"id:5 stat:DELIVRD",
+        ("5", "DELIVRD", None, None, None, None),
+    ),
+    (
+        "non-numeric id",
+        b"id:0118Z-0122I-2309U-57DGB sub:001 dlvrd:001 submit date:2501151030 done date:2501151031"
+        b" stat:DELIVRD err:000 text:",
+        ("0118Z-0122I-2309U-57DGB", "DELIVRD", "000", 1, 1, ""),
+    ),
+    (
+        "err not 3 digits",
+        b"id:5 sub:1 dlvrd:0 submit date:2501151030 done date:2501151031 stat:UNDELIV err:75",
+        ("5", "UNDELIV", "75", 1, 0, None),
+    ),
+    (
+        "alphanumeric err",
+        b"id:5 stat:UNDELIV err:X0B",
+        ("5", "UNDELIV", "X0B", None, None, None),
+    ),
+    # smpp-reference §6 variant 6: err is carrier-specific and kept as text, never read as command_status.
+    (
+        "err:075",
+        b"id:5 sub:001 dlvrd:000 submit date:2501151030 done date:2501151031 stat:UNDELIV err:075",
+        ("5", "UNDELIV", "075", 1, 0, None),
+    ),
+    # Free text after text: never feeds the other fields.
+    (
+        "text holding keys",
+        b"id:5 sub:001 dlvrd:001 submit date:2501151030 done date:2501151031 stat:DELIVRD err:000"
+        b" text:id:6 stat:UNDELIV err:999",
+        ("5", "DELIVRD", "000", 1, 1, "id:6 stat:UNDELIV err:999"),
+    ),
+    (
+        "text before other fields",
+        b"id:5 text:hello stat:UNDELIV",
+        ("5", "", None, None, None, "hello stat:UNDELIV"),
+    ),
+    # Other tolerated shapes.
+    (
+        "blank after a colon",
+        b"id: 5 sub: 001 dlvrd: 001 stat: DELIVRD err: text:x",
+        ("5", "DELIVRD", None, 1, 1, "x"),
+    ),
+    (
+        "empty err before stat",
+        b"id:5 err: stat:DELIVRD",
+        ("5", "DELIVRD", None, None, None, None),
+    ),
+    (
+        "NUL terminated",
+        b"id:5 stat:DELIVRD err:000\x00",
+        ("5", "DELIVRD", "000", None, None, None),
+    ),
+    (
+        "spelled-out stat",
+        b"id:5 stat:DELIVERED",
+        ("5", "DELIVRD", None, None, None, None),
+    ),
+    (
+        "unknown stat kept",
+        b"id:5 stat:FAILED err:001",
+        ("5", "FAILED", "001", None, None, None),
+    ),
+    (
+        "latin-1 text",
+        b"id:5 stat:DELIVRD text:caf\xe9",
+        ("5", "DELIVRD", None, None, None, "café"),
+    ),
+    (
+        "UCS-2 receipt text",
+        "id:5 sub:001 dlvrd:001 stat:DELIVRD err:000 text:Привет".encode("utf-16-be"),
+        ("5", "DELIVRD", "000", 1, 1, "Привет"),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("short_message", "expected"),
+    [(case[1], case[2]) for case in TEXT_CASES if case[0] != "text before other fields"],
+    ids=[case[0] for case in TEXT_CASES if case[0] != "text before other fields"],
+)
+def test_text_variants(
+    short_message: bytes,
+    expected: tuple[str, str, str | None, int | None, int | None, str | None],
+) -> None:
+    receipt = parse_receipt(short_message)
+    got = (receipt.message_id, receipt.stat, receipt.err, receipt.submitted, receipt.delivered, receipt.text)
+    assert got == expected
+
+
+def test_everything_after_text_is_free_text() -> None:
+    # stat: comes after text:, so it is part of the text and the receipt has no state.
+    with pytest.raises(ReceiptParseError, match="no state"):
+        parse_receipt(b"id:5 text:hello stat:UNDELIV")
+    receipt = parse_receipt(b"id:5 text:hello stat:UNDELIV", message_state=2)
+    assert receipt.text == "hello stat:UNDELIV"
+    assert receipt.stat == "DELIVRD"
+
+
+# smpp-reference §6 variant 2: dates.
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2501151030", datetime(2025, 1, 15, 10, 30)),
+        ("250115103045", datetime(2025, 1, 15, 10, 30, 45)),
+        ("20250115103045", datetime(2025, 1, 15, 10, 30, 45)),
+        ("6901011200", datetime(2069, 1, 1, 12, 0)),  # YY is 20YY, never 1969
+        ("9912312359", datetime(2099, 12, 31, 23, 59)),
+        ("0000000000", None),
+        ("000000000000", None),
+        ("2513151030", None),  # month 13
+        ("25011510", None),  # 8 digits
+        ("25-01-15", None),
+    ],
+)
+def test_dates(value: str, expected: datetime | None) -> None:
+    receipt = parse_receipt(f"id:1 submit date:{value} done date:{value} stat:DELIVRD".encode())
+    assert receipt.submit_date == expected
+    assert receipt.done_date == expected
+
+
+def test_missing_dates_are_none() -> None:
+    receipt = parse_receipt(b"id:1 stat:DELIVRD")
+    assert receipt.submit_date is None
+    assert receipt.done_date is None
+
+
+# smpp-reference §6 variant 5: TLV receipts.
+def test_tlvs_win_over_text() -> None:
+    receipt = parse_receipt(
+        b"id:0000012345 sub:001 dlvrd:000 submit date:2501151030 done date:2501151031 stat:ENROUTE err:000",
+        receipted_message_id="3039",
+        message_state=2,
+    )
+    assert receipt.message_id == "3039"
+    assert receipt.stat == "DELIVRD"
+    assert receipt.message_state == 2
+    # the rest still comes from the text
+    assert receipt.done_date == datetime(2025, 1, 15, 10, 31)
+    assert receipt.err == "000"
+
+
+def test_tlv_only_receipt() -> None:
+    receipt = parse_receipt(b"", receipted_message_id="AB12\x00", message_state=5)
+    assert (receipt.message_id, receipt.stat, receipt.message_state) == ("AB12", "UNDELIV", 5)
+    assert receipt.text is None and receipt.err is None
+    assert receipt.outbound_status == "undeliverable"
+
+
+def test_tlv_id_with_text_state() -> None:
+    receipt = parse_receipt(b"stat:EXPIRED err:000", receipted_message_id="9")
+    assert (receipt.message_id, receipt.stat, receipt.message_state) == ("9", "EXPIRED", 3)
+
+
+def test_blank_tlv_id_falls_back_to_text() -> None:
+    assert parse_receipt(b"id:7 stat:DELIVRD", receipted_message_id=" ").message_id == "7"
+
+
+def test_tlv_state_fills_missing_text_stat() -> None:
+    receipt = parse_receipt(b"id:7 err:000", message_state=3)
+    assert receipt.stat == "EXPIRED"
+
+
+def test_state_outside_3_4_uses_the_text() -> None:
+    receipt = parse_receipt(b"id:7 stat:DELIVRD", message_state=9)
+    assert receipt.stat == "DELIVRD"
+    assert receipt.message_state == 9  # the TLV as received
+
+
+def test_message_state_derived_from_text() -> None:
+    assert parse_receipt(b"id:7 stat:UNDELIV").message_state == 5
+    assert parse_receipt(b"id:7 stat:FAILED").message_state is None
+
+
+@pytest.mark.parametrize(("state", "stat"), sorted(MESSAGE_STATES.items()))
+def test_message_state_map(state: int, stat: str) -> None:
+    assert parse_receipt(b"", receipted_message_id="1", message_state=state).stat == stat
+
+
+def test_message_state_map_follows_spec() -> None:
+    assert MESSAGE_STATES == {
+        1: "ENROUTE",
+        2: "DELIVRD",
+        3: "EXPIRED",
+        4: "DELETED",
+        5: "UNDELIV",
+        6: "ACCEPTD",
+        7: "UNKNOWN",
+        8: "REJECTD",
+    }
+
+
+@pytest.mark.parametrize(
+    ("short_message", "kwargs", "message"),
+    [
+        (b"sub:001 dlvrd:001 stat:DELIVRD err:000", {}, "no message id"),
+        (b"", {"message_state": 2}, "no message id"),
+        (b"id: stat:DELIVRD", {}, "no message id"),
+        (b"text:id:5 stat:DELIVRD", {}, "no message id"),
+        (b"msgid:5 stat:DELIVRD", {}, "no message id"),
+        (b"id:5 sub:001 err:000", {}, "no state"),
+        (b"", {"receipted_message_id": "5"}, "no state"),
+        (b"id:5", {"message_state": 0}, "not an SMPP 3.4 state"),
+        (b"\xff\xfe\x00", {}, "no message id"),
+    ],
+)
+def test_unusable_receipts_raise(short_message: bytes, kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ReceiptParseError, match=message):
+        parse_receipt(short_message, **kwargs)  # type: ignore[arg-type]
+    assert issubclass(ReceiptParseError, ValueError)
+
+
+@pytest.mark.parametrize(
+    ("stat", "final", "outbound"),
+    [
+        ("DELIVRD", True, "delivered"),
+        ("EXPIRED", True, "expired"),
+        ("UNDELIV", True, "undeliverable"),
+        ("DELETED", True, "undeliverable"),
+        ("REJECTD", True, "undeliverable"),
+        ("UNKNOWN", True, "undeliverable"),
+        ("ENROUTE", False, None),
+        ("ACCEPTD", False, None),
+        ("FAILED", False, None),
+    ],
+)
+def test_final_and_outbound_status(stat: str, final: bool, outbound: str | None) -> None:
+    receipt = parse_receipt(f"id:1 stat:{stat}".encode())
+    assert receipt.final is final
+    assert receipt.outbound_status == outbound
+
+
+@given(st.binary(max_size=300), st.one_of(st.none(), st.text(max_size=70)), st.one_of(st.none(), st.integers(0, 255)))
+def test_parse_raises_only_receipt_parse_error(data: bytes, rid: str | None, state: int | None) -> None:
+    try:
+        receipt = parse_receipt(data, rid, state)
+    except ReceiptParseError:
+        return
+    assert receipt.message_id
+    assert receipt.stat
+
+
+# --- message id correlation --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("message_id", "fmt", "key"),
+    [
+        ("04000000086ECD50", "hex", "288230376293190992"),
+        ("288230376293190992", "decimal", "288230376293190992"),
+        ("0000012345", "decimal", "12345"),
+        ("12345", "decimal", "12345"),
+        ("1A2B3C4D", "hex", "439041101"),
+        ("1a2b3c4d", "hex", "439041101"),
+        ("0", "decimal", "0"),
+        (" 42 ", "string", "42"),
+        ("0000012345", "string", "0000012345"),
+        ("0118Z-0122I-2309U-57DGB", "decimal", "0118Z-0122I-2309U-57DGB"),
+        ("0118Z-0122I-2309U-57DGB", "hex", "0118Z-0122I-2309U-57DGB"),
+        ("1A2B", "decimal", "1A2B"),
+        ("", "hex", ""),
+        ("", "decimal", ""),
+        ("+12", "decimal", "+12"),
+        ("1_000", "decimal", "1_000"),
+        ("0x1F", "hex", "0x1F"),
+        ("１２", "decimal", "１２"),  # full-width digits are not a decimal id
+        (" 00ff ", "hex", "255"),
+    ],
+)
+def test_msgid_key(message_id: str, fmt: str, key: str) -> None:
+    assert msgid_key(message_id, fmt) == key
+
+
+def test_msgid_key_matches_across_bases() -> None:
+    resp = msgid_key("04000000086ECD50", "hex")
+    receipt = parse_receipt(b"id:288230376293190992 stat:DELIVRD")
+    assert msgid_key(receipt.message_id, "decimal") == resp
+
+
+def test_msgid_key_rejects_unknown_format() -> None:
+    with pytest.raises(ValueError, match="unknown message id format"):
+        msgid_key("1", "octal")
+
+
+@given(st.text(max_size=40), st.sampled_from(["string", "decimal", "hex"]))
+def test_msgid_key_never_raises(message_id: str, fmt: str) -> None:
+    assert isinstance(msgid_key(message_id, fmt), str)
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=10))
+def test_msgid_key_hex_and_decimal_agree(value: int, padding: int) -> None:
+    hex_id = "0" * padding + f"{value:X}"
+    decimal_id = "0" * padding + str(value)
+    assert msgid_key(hex_id, "hex") == msgid_key(decimal_id, "decimal") == str(value)
+
+
+# --- the simulator's receipt text ------------------------------------------------------------------
+
+
+def test_format_receipt_text_standard_form() -> None:
+    data = format_receipt_text(
+        "0123456789",
+        "DELIVRD",
+        submit_date=datetime(2008, 9, 1, 11, 30, 59),
+        done_date=datetime(2008, 9, 1, 11, 31),
+        text="Hello world, this is a long message",
+    )
+    assert data == SPEC_EXAMPLE
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"stat": "UNDELIV", "err": 75}, b"dlvrd:000 submit date:0000000000 done date:0000000000 stat:UNDELIV err:075"),
+        ({"stat": "DELIVRD", "submitted": 3}, b"sub:003 dlvrd:003"),
+        ({"stat": "EXPIRED", "err": "X0B"}, b"stat:EXPIRED err:X0B text:"),
+        ({"stat": "DELIVRD", "text": "€ 😀"}, b"text:? ?"),
+    ],
+)
+def test_format_receipt_text_fields(kwargs: dict[str, object], expected: bytes) -> None:
+    data = format_receipt_text("1", submit_date=None, done_date=None, **kwargs)  # type: ignore[arg-type]
+    assert expected in data
+
+
+@pytest.mark.parametrize(
+    ("message_id", "stat", "err", "submitted"),
+    [
+        ("", "DELIVRD", 0, 1),
+        ("a b", "DELIVRD", 0, 1),
+        ("a:b", "DELIVRD", 0, 1),
+        ("1", "", 0, 1),
+        ("1", "DEL IV", 0, 1),
+        ("1", "DELIVRD", "", 1),
+        ("1", "DELIVRD", 0, 1000),
+        ("1", "DELIVRD", 0, -1),
+    ],
+)
+def test_format_receipt_text_rejects_unparseable_values(
+    message_id: str, stat: str, err: int | str, submitted: int
+) -> None:
+    with pytest.raises(ValueError):
+        format_receipt_text(message_id, stat, submit_date=None, done_date=None, err=err, submitted=submitted)
+
+
+_ID_CHARS = st.characters(min_codepoint=0x21, max_codepoint=0x7E).filter(lambda char: char != ":")
+
+
+@given(
+    message_id=st.text(_ID_CHARS, min_size=1, max_size=64),
+    stat=st.sampled_from(sorted(MESSAGE_STATES.values())),
+    submit=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)),
+    done=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31)),
+    err=st.integers(0, 999),
+    text=st.text(st.characters(min_codepoint=0x20, max_codepoint=0xFF), max_size=40),
+)
+def test_format_then_parse_round_trip(
+    message_id: str, stat: str, submit: datetime, done: datetime, err: int, text: str
+) -> None:
+    data = format_receipt_text(message_id, stat, submit_date=submit, done_date=done, err=err, text=text)
+    receipt = parse_receipt(data)
+    assert receipt.message_id == message_id
+    assert receipt.stat == stat
+    assert receipt.err == f"{err:03d}"
+    assert receipt.submit_date == submit.replace(second=0, microsecond=0)
+    assert receipt.done_date == done.replace(second=0, microsecond=0)
+    assert receipt.text == text[:20].rstrip("\x00")
