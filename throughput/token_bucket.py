@@ -1,4 +1,4 @@
-"""Token bucket pacing.
+"""Token bucket pacing, in its GCRA form (a theoretical arrival time instead of a token count).
 
 Rule of this module: pure arithmetic on a `now` argument, no clock, no sleeping, so the maths is unit
 tested exactly. With the default burst of one token the bucket spaces sends evenly at 1/rate
@@ -7,45 +7,48 @@ tested exactly. With the default burst of one token the bucket spaces sends even
 
 from __future__ import annotations
 
+# Float slack so that sleeping exactly `delay(now)` always makes the next `take` succeed.
+_EPSILON = 1e-9
+
 
 class TokenBucket:
-    """`rate` tokens per second, holding at most `burst` tokens. A rate of 0 means unlimited."""
+    """`rate` sends per second with at most `burst` back to back. A rate of 0 means unlimited."""
 
-    __slots__ = ("_tokens", "_updated", "burst", "rate")
+    __slots__ = ("_tat", "burst", "rate")
 
     def __init__(self, rate: float, burst: float = 1.0, *, now: float = 0.0) -> None:
         if rate < 0 or burst < 1:
             raise ValueError("rate must be >= 0 and burst >= 1")
         self.rate = rate
         self.burst = burst
-        self._tokens = burst
-        self._updated = now
+        self._tat = now  # theoretical arrival time of the next send
 
-    def _refill(self, now: float) -> None:
-        if now > self._updated:
-            self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
-            self._updated = now
+    def _tolerance(self) -> float:
+        return (self.burst - 1) / self.rate
 
     def delay(self, now: float) -> float:
-        """Seconds until one token is available (0 when one is available now)."""
+        """Seconds until a send is allowed (0 when allowed now)."""
         if self.rate == 0:
             return 0.0
-        self._refill(now)
-        if self._tokens >= 1:
-            return 0.0
-        return (1 - self._tokens) / self.rate
+        wait = self._tat - self._tolerance() - now
+        return wait if wait > _EPSILON else 0.0
 
     def take(self, now: float) -> bool:
-        """Take one token if available; return whether it was taken."""
+        """Take one send if allowed now; return whether it was taken."""
         if self.rate == 0:
             return True
-        self._refill(now)
-        if self._tokens >= 1:
-            self._tokens -= 1
-            return True
-        return False
+        if self._tat - self._tolerance() - now > _EPSILON:
+            return False
+        self._tat = max(self._tat, now) + 1.0 / self.rate
+        return True
 
     def set_rate(self, rate: float, now: float) -> None:
-        """Change the rate from `now` on (tokens earned so far are kept)."""
-        self._refill(now)
+        """Change the rate from `now` on; the wait already owed is rescaled to the new rate."""
+        if rate < 0:
+            raise ValueError("rate must be >= 0")
+        if self.rate and rate:
+            owed = max(0.0, self._tat - now)
+            self._tat = now + owed * self.rate / rate
+        else:
+            self._tat = now
         self.rate = rate

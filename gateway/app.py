@@ -1,0 +1,152 @@
+"""The daemon: wires the pool, the writer, one dispatcher per SMSC, the NOTIFY listener, maintenance
+and metrics together, and owns every task so that shutdown is orderly.
+
+Shutdown order (SIGTERM): stop claiming and sending, give back unsent claims, wait (bounded) for the
+in-flight submit_sm responses, flush results, unbind, flush again, close the pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+import asyncpg
+
+from gateway import maintenance, metrics
+from gateway.db import outbound_sql as sql
+from gateway.db.migrate import migrate
+from gateway.dispatcher import SmscDispatcher
+from gateway.results import ResultWriter
+from gateway.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # A long-lived snapshot stops vacuum on the queue (postgres-queue.md trap 4).
+    await conn.execute("SET idle_in_transaction_session_timeout = '60s'")
+
+
+class Gateway:
+    """One gateway instance. `start()` then `run_until(stop_event)`, or `stop()` directly."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool: asyncpg.Pool | None = None
+        self.writer: ResultWriter | None = None
+        self.dispatchers: list[SmscDispatcher] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._metrics_server: Any = None
+
+    async def start(self, *, apply_migrations: bool = True) -> None:
+        """Connect, migrate, bind and start dispatching.
+
+        Raises:
+            OSError, asyncpg.PostgresError: the database is unreachable at start (fail fast).
+        """
+        s = self.settings
+        dsn = s.database.resolved_url()
+        if apply_migrations:
+            conn = await asyncpg.connect(dsn, timeout=30)
+            try:
+                applied = await migrate(conn)
+                if applied:
+                    log.info("migrations applied", extra={"migrations": applied})
+            finally:
+                await conn.close()
+        self.pool = await asyncpg.create_pool(
+            dsn, min_size=2, max_size=s.database.pool_size, init=_init_connection, timeout=30, command_timeout=60
+        )
+        d = s.dispatcher
+        self.writer = ResultWriter(self.pool, flush_interval=d.flush_interval, flush_max_rows=d.flush_max_rows)
+        self.writer.start()
+        self.dispatchers = [
+            SmscDispatcher(name, smsc, d, self.pool, self.writer) for name, smsc in s.smsc.items()
+        ]
+        for disp in self.dispatchers:
+            disp.start()
+        self._tasks.append(asyncio.create_task(self._listen(dsn), name="notify-listener"))
+        self._tasks.append(asyncio.create_task(maintenance.run_forever(self.pool, d), name="maintenance"))
+        if s.metrics.enabled:
+            self._metrics_server, _ = metrics.serve_metrics(s.metrics.host, s.metrics.port)
+        log.info("gateway started", extra={"smscs": list(s.smsc), "instance": d.instance})
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self._metrics_server.server_port if self._metrics_server is not None else None
+
+    async def _listen(self, dsn: str) -> None:
+        """LISTEN on a dedicated connection; reconnect with back-off. NOTIFY is only a wake-up: the
+        claimers also poll, since notifications are lost while this connection is down."""
+        backoff = 0.5
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(dsn, timeout=10)
+                await conn.add_listener(sql.LISTEN_CHANNEL, self._on_notify)
+                backoff = 0.5
+                for disp in self.dispatchers:
+                    disp.wake_claimer()
+                while not conn.is_closed():
+                    await asyncio.sleep(5)
+                    await conn.execute("SELECT 1", timeout=5)  # keep-alive: notice a dead link
+            except asyncio.CancelledError:
+                raise
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("notify listener lost", extra={"error": str(exc), "retry_s": backoff})
+            finally:
+                if conn is not None and not conn.is_closed():
+                    await conn.close(timeout=5)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    def _on_notify(self, *_args: object) -> None:
+        for disp in self.dispatchers:
+            disp.wake_claimer()
+
+    async def stop(self) -> None:
+        """Graceful stop, bounded by `dispatcher.shutdown_timeout` per phase."""
+        timeout = self.settings.dispatcher.shutdown_timeout
+        log.info("stopping: no new claims")
+        for disp in self.dispatchers:
+            await disp.stop_claiming()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(d.in_flight for d in self.dispatchers) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        left = sum(d.in_flight for d in self.dispatchers)
+        if left:
+            log.warning("in-flight submits unanswered at shutdown; they are re-queued", extra={"count": left})
+        if self.writer is not None:
+            await self.writer.drain(timeout)
+        for disp in self.dispatchers:
+            await disp.stop_binds(timeout=min(timeout, 5.0))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self.writer is not None:
+            await self.writer.stop(timeout)
+        if self.pool is not None:
+            await asyncio.wait_for(self.pool.close(), timeout)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+            self._metrics_server = None
+        log.info("stopped")
+
+
+async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM / SIGINT (or `stop` is set), then shut down gracefully."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    gw = Gateway(settings)
+    await gw.start()
+    try:
+        await stop.wait()
+    finally:
+        await gw.stop()

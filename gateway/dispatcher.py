@@ -1,0 +1,383 @@
+"""Outbound dispatch for one SMSC: claimer -> ready buffer -> per-bind senders -> result writer.
+
+Rule of this module: the claimer takes only as many rows as the bound binds' windows can carry, so
+claimed rows never pile up in memory; every claimed row leaves through exactly one writer call
+(mark, settle) or, on a crash, through the lease reaper. The split follows River: producer (claimer,
+knows free slots), executor (one submit_sm), batch completer (`results.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import logging
+import random
+import ssl
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+
+import asyncpg
+
+from gateway import metrics
+from gateway.db import outbound_sql as sql
+from gateway.inbound import InboundHandler
+from gateway.message import ClaimedMessage, Rejection, prepare
+from gateway.results import ResultWriter
+from gateway.settings import THROTTLE_STATUSES, DispatcherSettings, SmscSettings
+from gateway.smpp import session as smpp_session
+from gateway.smpp.client import BindError, ConnectionClosedError, RequestTimeoutError, SmppConnection, connect
+from gateway.smpp.codec import PduEncodeError
+from gateway.smpp.pdu import BindTransceiver, GenericNack, Pdu, SubmitSm, SubmitSmResp, status_name
+from gateway.smpp.receipt import msgid_key
+from throughput import TokenBucket
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Item:
+    msg: ClaimedMessage
+    pdu: SubmitSm
+    token: str
+
+
+class BindWorker:
+    """One bind to the SMSC: connect, bind, send while bound, re-bind with back-off and jitter."""
+
+    def __init__(self, dispatcher: SmscDispatcher, index: int) -> None:
+        self.d = dispatcher
+        self.name = f"{dispatcher.name}-{index}"
+        smsc = dispatcher.smsc
+        self.bucket = TokenBucket(smsc.tps / smsc.binds if smsc.tps else 0.0)
+        self.conn: SmppConnection | None = None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._paused_until = 0.0
+        self._throttle_pause = 0.0
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"bind-{self.name}")
+
+    def wake(self, _conn: SmppConnection | None = None) -> None:
+        self._wake.set()
+
+    @property
+    def in_flight(self) -> int:
+        return self.conn.session.in_flight if self.conn is not None else 0
+
+    async def _run(self) -> None:
+        smsc = self.d.smsc
+        backoff = smsc.reconnect_min
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            conn: SmppConnection | None = None
+            try:
+                session = smpp_session.Session(
+                    window=smsc.window,
+                    response_timeout=smsc.response_timeout,
+                    bind_timeout=smsc.bind_timeout,
+                    enquire_link_interval=smsc.enquire_link_interval,
+                )
+                conn = await connect(
+                    smsc.host,
+                    smsc.port,
+                    session,
+                    name=self.name,
+                    on_request=self.d.inbound,
+                    on_close=self._on_close,
+                    on_window=self.wake,
+                    ssl_context=self.d.ssl_context,
+                    timeout=smsc.connect_timeout,
+                )
+                bound = await conn.bind(
+                    BindTransceiver(
+                        system_id=smsc.system_id,
+                        password=smsc.resolved_password(),
+                        system_type=smsc.system_type,
+                    )
+                )
+            except (OSError, TimeoutError, BindError, ConnectionClosedError) as exc:
+                if conn is not None:
+                    conn.abort("bind failed")
+                delay = backoff * random.uniform(0.5, 1.0)
+                log.warning(
+                    "bind failed", extra={"bind": self.name, "error": str(exc) or type(exc).__name__, "retry_s": delay}
+                )
+                backoff = min(backoff * 2, smsc.reconnect_max)
+                await self._sleep(delay)
+                continue
+            log.info("bound", extra={"bind": self.name, "smsc_system_id": bound.system_id})
+            backoff = smsc.reconnect_min
+            self.conn = conn
+            metrics.BIND_UP.labels(self.d.name, self.name).set(1)
+            self.d.wake_claimer()
+            await self._send_loop(conn, loop)
+            if self._stopping:
+                return  # stop() unbinds; the connection stays up for late responses and receipts
+            metrics.BIND_UP.labels(self.d.name, self.name).set(0)
+            log.warning("bind lost", extra={"bind": self.name, "reason": conn.close_reason})
+            self.conn = None
+            await self._sleep(smsc.reconnect_min * random.uniform(0.5, 1.0))
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _on_close(self, conn: SmppConnection, reason: str) -> None:
+        self._wake.set()
+
+    async def _send_loop(self, conn: SmppConnection, loop: asyncio.AbstractEventLoop) -> None:
+        d = self.d
+        while not conn.is_closed and not self._stopping:
+            if not conn.can_submit:
+                await self._sleep(1.0)
+                continue
+            now = loop.time()
+            if self._paused_until > now:
+                await self._sleep(self._paused_until - now)
+                continue
+            delay = self.bucket.delay(now)
+            if delay > 0:
+                await asyncio.sleep(delay)
+                continue
+            item = d.take()
+            if item is None:
+                await d.wait_ready(1.0)
+                continue
+            self.bucket.take(now)
+            try:
+                fut = conn.send_request(item.pdu)
+            except (smpp_session.NotBoundError, smpp_session.WindowFullError):
+                d.push_front(item)
+                continue
+            except PduEncodeError as exc:
+                d.writer.settle(item.msg.id, item.token, "rejected", reason=f"encode_error: {exc}")
+                continue
+            fut.add_done_callback(partial(d.on_response, item, self, now))
+            if d.ready_count == 0 or not conn.can_submit:
+                await asyncio.sleep(0)  # let responses in before the next batch
+
+    def throttled(self, now: float) -> None:
+        """The SMSC said slow down: pause this bind, doubling the pause while it keeps saying so."""
+        self._throttle_pause = min(max(self._throttle_pause * 2, 0.1), 5.0)
+        self._paused_until = now + self._throttle_pause
+
+    def accepted(self) -> None:
+        self._throttle_pause = 0.0
+
+    def stop_sending(self) -> None:
+        """Send nothing more; the connection stays up for responses and receipts until `stop`."""
+        self._stopping = True
+        self._wake.set()
+
+    async def stop(self, timeout: float) -> None:
+        """Stop sending, unbind cleanly (bounded) and end the task."""
+        self.stop_sending()
+        if self.conn is not None:
+            await self.conn.unbind(timeout)
+            metrics.BIND_UP.labels(self.d.name, self.name).set(0)
+        if self.task is not None:
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+
+
+class SmscDispatcher:
+    """Claims rows for one SMSC and feeds its binds."""
+
+    def __init__(
+        self,
+        name: str,
+        smsc: SmscSettings,
+        settings: DispatcherSettings,
+        pool: asyncpg.Pool,
+        writer: ResultWriter,
+    ) -> None:
+        self.name = name
+        self.smsc = smsc
+        self.settings = settings
+        self.pool = pool
+        self.writer = writer
+        self.inbound = InboundHandler(name, smsc, writer)
+        self.ssl_context = ssl.create_default_context(cafile=smsc.tls_ca_file) if smsc.tls else None
+        self.binds = [BindWorker(self, i) for i in range(smsc.binds)]
+        self._ready: collections.deque[_Item] = collections.deque()
+        self._ready_event = asyncio.Event()
+        self._claim_wake = asyncio.Event()
+        self._queue_maybe_empty = False
+        self._tokens = itertools.count(1)
+        self._claimer: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    # -- ready buffer --------------------------------------------------------------------------------
+
+    @property
+    def ready_count(self) -> int:
+        return len(self._ready)
+
+    def take(self) -> _Item | None:
+        if not self._ready:
+            self._ready_event.clear()
+            return None
+        item = self._ready.popleft()
+        if not self._queue_maybe_empty and len(self._ready) <= self._target() // 2:
+            self._claim_wake.set()
+        return item
+
+    def push_front(self, item: _Item) -> None:
+        self._ready.appendleft(item)
+        self._ready_event.set()
+
+    async def wait_ready(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._ready_event.wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def wake_claimer(self) -> None:
+        """New rows may be queued (NOTIFY) or a bind came up."""
+        self._queue_maybe_empty = False
+        self._claim_wake.set()
+
+    def _target(self) -> int:
+        """How many prepared rows to hold: one window's worth per transmitting bind (less when paced)."""
+        total = sum(b.conn.session.window for b in self.binds if b.conn is not None and b.conn.session.can_transmit)
+        if self.smsc.tps:
+            total = min(total, max(1, int(self.smsc.tps)))
+        return total
+
+    # -- claimer -------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for b in self.binds:
+            b.start()
+        self._claimer = asyncio.create_task(self._claim_loop(), name=f"claimer-{self.name}")
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            want = min(self._target() - len(self._ready), self.settings.max_claim)
+            if want <= 0 or (self._queue_maybe_empty and self._ready):
+                await self._wait_claim_wake(self.settings.poll_interval)
+                continue
+            try:
+                rows = await self._claim(want)
+            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+                log.warning("claim failed", extra={"smsc": self.name, "error": str(exc)})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if len(rows) < want:
+                self._queue_maybe_empty = True
+                if not rows:
+                    await self._wait_claim_wake(self.settings.poll_interval * random.uniform(0.8, 1.2))
+                    continue
+            self._accept(rows)
+
+    async def _wait_claim_wake(self, timeout: float) -> None:
+        self._claim_wake.clear()
+        try:
+            await asyncio.wait_for(self._claim_wake.wait(), timeout)
+        except TimeoutError:
+            self._queue_maybe_empty = False  # the fallback poll: NOTIFY may have been missed
+
+    async def _claim(self, limit: int) -> list[tuple[str, asyncpg.Record]]:
+        token = f"{self.settings.instance}:{self.name}:{next(self._tokens)}"
+        rows = await self.pool.fetch(sql.CLAIM, token, self.settings.lease_seconds, limit, self.name, timeout=30)
+        return [(token, r) for r in rows]
+
+    def _accept(self, rows: list[tuple[str, asyncpg.Record]]) -> None:
+        now = datetime.now(UTC)
+        for token, record in rows:
+            msg = ClaimedMessage.model_validate(dict(record))
+            result = prepare(msg, self.smsc, self.settings.default_region, now)
+            if isinstance(result, Rejection):
+                metrics.REJECTED.labels(result.reason).inc()
+                self.writer.settle(msg.id, token, result.status, reason=result.reason)
+                continue
+            self._ready.append(_Item(msg, result, token))
+        if self._ready:
+            self._ready_event.set()
+
+    # -- responses -----------------------------------------------------------------------------------
+
+    def on_response(self, item: _Item, bind: BindWorker, sent_at: float, fut: asyncio.Future[Pdu]) -> None:
+        """Done-callback of one submit_sm future: turn the answer into a writer call."""
+        msg = item.msg
+        exc = fut.exception()
+        if exc is not None:
+            metrics.SUBMIT_TIMEOUTS.labels(self.name).inc()
+            # Ambiguous: the SMSC may have the message. The attempt is recorded; retry within max_attempts.
+            reason = "response_timeout" if isinstance(exc, RequestTimeoutError) else "connection_lost"
+            self._retry(item, None, reason, bind, immediate=isinstance(exc, ConnectionClosedError))
+            return
+        resp = fut.result()
+        loop_now = asyncio.get_running_loop().time()
+        metrics.SUBMIT_RTT.labels(self.name).observe(loop_now - sent_at)
+        status = resp.command_status
+        if status == 0 and isinstance(resp, SubmitSmResp):
+            bind.accepted()
+            metrics.SUBMITTED.labels(self.name).inc()
+            self.writer.mark_submitted(
+                msg.id, item.token, self.name, resp.message_id,
+                msgid_key(resp.message_id, self.smsc.submit_id_format), bind.name,
+            )
+            return
+        if status == 0:  # generic_nack with status 0, or a wrong response type: treat as a system error
+            status = 0x08 if not isinstance(resp, GenericNack) else 0xFF
+        metrics.SUBMIT_ERRORS.labels(self.name, status_name(status)).inc()
+        if status in THROTTLE_STATUSES and status in self.smsc.transient_statuses:
+            # Not a failure: slow this bind down and send the same claim again.
+            bind.throttled(loop_now)
+            self.push_front(item)
+            return
+        if status in self.smsc.transient_statuses:
+            self._retry(item, status, status_name(status), bind)
+            return
+        self.writer.settle(msg.id, item.token, "failed", error_code=status, reason=status_name(status), bind=bind.name)
+
+    def _retry(self, item: _Item, status: int | None, reason: str, bind: BindWorker, immediate: bool = False) -> None:
+        msg = item.msg
+        if msg.attempts >= self.settings.max_attempts:
+            self.writer.settle(
+                msg.id, item.token, "failed", error_code=status, reason=f"{reason} after {msg.attempts} attempts",
+                bind=bind.name,
+            )
+            return
+        delay = 0.0 if immediate else min(
+            self.settings.retry_base * 2 ** (msg.attempts - 1), self.settings.retry_max
+        ) * random.uniform(0.8, 1.2)
+        self.writer.settle(msg.id, item.token, "queued", delay=delay, error_code=status, reason=reason, bind=bind.name)
+
+    # -- shutdown ------------------------------------------------------------------------------------
+
+    async def stop_claiming(self) -> None:
+        """Stop the senders and the claimer; give back every claimed row not yet sent (attempt not counted)."""
+        self._stopping = True
+        for b in self.binds:
+            b.stop_sending()
+        if self._claimer is not None:
+            self._claimer.cancel()
+            try:
+                await self._claimer
+            except asyncio.CancelledError:
+                pass
+        while self._ready:
+            item = self._ready.popleft()
+            self.writer.settle(item.msg.id, item.token, "queued", reason="released_on_shutdown", attempts_delta=-1)
+
+    @property
+    def in_flight(self) -> int:
+        return sum(b.in_flight for b in self.binds)
+
+    async def stop_binds(self, timeout: float) -> None:
+        await asyncio.gather(*(b.stop(timeout) for b in self.binds))

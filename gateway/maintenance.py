@@ -1,0 +1,56 @@
+"""Periodic queue hygiene, run by every instance: lease reaper, expiry, parked-receipt sweeper, depth gauge.
+
+Rule of this module: each statement is a single set-based UPDATE/DELETE in its own short transaction;
+running it on several instances at once is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+
+from gateway import metrics
+from gateway.db import outbound_sql as sql
+from gateway.settings import DispatcherSettings
+
+log = logging.getLogger(__name__)
+
+
+async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str, int]:
+    """One pass; returns the rows touched per task (for logs and tests)."""
+    touched = {
+        "reaped": _count(await pool.execute(sql.REAP_LEASES, settings.max_attempts, timeout=30)),
+        "expired": _count(await pool.execute(sql.EXPIRE_QUEUED, timeout=30)),
+        "swept": _count(await pool.execute(sql.SWEEP_PARKED, timeout=30)),
+        "dropped_parked": _count(
+            await pool.execute(sql.DROP_OLD_PARKED, max(1, round(settings.parked_receipt_days)), timeout=30)
+        ),
+    }
+    depth = {"queued": 0, "claimed": 0, "submitted": 0}
+    for status, count in await pool.fetch(sql.QUEUE_DEPTH, timeout=30):
+        depth[status] = count
+    for status, count in depth.items():
+        metrics.QUEUE_DEPTH.labels(status).set(count)
+    return touched
+
+
+async def run_forever(pool: asyncpg.Pool, settings: DispatcherSettings) -> None:
+    """Every `maintenance_interval` seconds until cancelled; database errors are logged, never fatal."""
+    while True:
+        try:
+            touched = await run_once(pool, settings)
+            if any(touched.values()):
+                log.info("maintenance", extra=touched)
+        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("maintenance failed", extra={"error": str(exc)})
+        await asyncio.sleep(settings.maintenance_interval)
+
+
+def _count(status: str) -> int:
+    """Rows from a command tag such as 'UPDATE 3'."""
+    try:
+        return int(status.rsplit(" ", 1)[-1])
+    except ValueError:
+        return 0

@@ -1,0 +1,105 @@
+"""A claimed queue row crossing into the core, and its translation into a submit_sm.
+
+Rule of this module: validation of producer data happens here, once, and a row that cannot be sent
+becomes a `Rejection` with a machine-readable reason; it never raises into the dispatch loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import phonenumbers
+from pydantic import BaseModel, ConfigDict
+
+from gateway.settings import SmscSettings
+from gateway.smpp.gsm import encode_text, fits_single
+from gateway.smpp.pdu import SubmitSm
+
+
+class ClaimedMessage(BaseModel):
+    """One row returned by the claim statement."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    source: str
+    destination: str
+    body: str
+    priority: int
+    message_class: str
+    expires_at: datetime | None
+    attempts: int
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    status: str  # 'rejected' or 'expired'
+    reason: str
+
+
+@functools.lru_cache(maxsize=65536)
+def normalise_number(raw: str, default_region: str) -> str | None:
+    """E.164 digits without '+' for a recipient number, or None when it is not a possible number."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        parsed = phonenumbers.parse(text, default_region)
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_possible_number(parsed):
+        return None
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)[1:]
+
+
+def source_ton_npi(source: str, smsc: SmscSettings) -> tuple[int, int]:
+    """TON/NPI for the sender: configured, else 3/0 for a short code, 5/0 alphanumeric, 1/1 a long number."""
+    if smsc.source_ton is not None and smsc.source_npi is not None:
+        return smsc.source_ton, smsc.source_npi
+    if not source.isdigit():
+        return 5, 0
+    if len(source) <= 8:
+        return 3, 0
+    return 1, 1
+
+
+def validity_period(expires_at: datetime | None) -> str:
+    """Absolute SMPP time (UTC, `00+`) for the row's expiry, so the SMSC stops trying when we would."""
+    if expires_at is None:
+        return ""
+    return expires_at.astimezone(UTC).strftime("%y%m%d%H%M%S") + "000+"
+
+
+def prepare(msg: ClaimedMessage, smsc: SmscSettings, default_region: str, now: datetime) -> SubmitSm | Rejection:
+    """Build the submit_sm for a claimed row, or say why it cannot be sent."""
+    if msg.expires_at is not None and msg.expires_at <= now:
+        return Rejection("expired", "expired_before_submit")
+    if not msg.body:
+        return Rejection("rejected", "empty_body")
+    source = msg.source.strip()
+    if not source or len(source) > 20 or not source.isascii():
+        return Rejection("rejected", "invalid_source")
+    destination = normalise_number(msg.destination, default_region)
+    if destination is None:
+        return Rejection("rejected", "invalid_destination")
+    encoded = encode_text(msg.body, latin1=smsc.latin1)
+    if not fits_single(encoded):
+        # Multi-part sending is its own feature (throughput/fidelity issue); until then refuse clearly.
+        return Rejection("rejected", "too_long")
+    ton, npi = source_ton_npi(source, smsc)
+    return SubmitSm(
+        service_type=smsc.service_type,
+        source_addr_ton=ton,
+        source_addr_npi=npi,
+        source_addr=source,
+        dest_addr_ton=smsc.dest_ton,
+        dest_addr_npi=smsc.dest_npi,
+        destination_addr=destination,
+        registered_delivery=smsc.registered_delivery,
+        validity_period=validity_period(msg.expires_at),
+        data_coding=encoded.data_coding,
+        short_message=encoded.payload,
+    )
