@@ -150,6 +150,8 @@ def demo(duration: float | None, messages: int, rate: float, metrics_port: int, 
     from gateway.logs import setup_logging
 
     setup_logging("WARNING", "text")
+    data_dir = data_dir.resolve()
+    data_dir.parent.mkdir(parents=True, exist_ok=True)
     code = uvloop.run(
         run_demo(duration=duration, messages=messages, rate=rate, metrics_port=metrics_port, data_dir=data_dir)
     )

@@ -45,8 +45,7 @@ def _samples(n: int, run_id: str) -> tuple[list[str], list[str], list[str]]:
 
 async def run_demo(*, duration: float | None, messages: int, rate: float, metrics_port: int, data_dir: Path) -> int:
     """Run the demo; return the process exit code."""
-    data_dir.parent.mkdir(parents=True, exist_ok=True)
-    pg = EmbeddedPostgres(data_dir.resolve())
+    pg = EmbeddedPostgres(data_dir)
     print("starting private Postgres ...", flush=True)
     await asyncio.to_thread(pg.start)
     sim = SmscSimulator(

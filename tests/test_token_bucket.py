@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from throughput import TokenBucket
@@ -22,7 +24,7 @@ def test_smooth_pacing_spaces_sends_evenly() -> None:
         t += d
         assert b.take(t)
         sent.append(t)
-    gaps = {round(b2 - a, 9) for a, b2 in zip(sent[1:], sent[2:], strict=False)}
+    gaps = {round(b2 - a, 9) for a, b2 in itertools.pairwise(sent[1:])}
     assert gaps == {0.01}
     # 200 sends after the first take exactly 2 s: no once-a-second burst.
     assert sent[-1] == pytest.approx(2.0)
