@@ -1,0 +1,249 @@
+"""End to end: rows in a real Postgres reach the simulator over real SMPP on loopback, and receipts
+come back into the table. Faults are injected by the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+from gw import ENQUEUE, counts, enqueue, running_gateway, settings_for, wait_final, wait_status
+
+from gateway.simulator import SimulatorConfig, SmscSimulator
+from gateway.smpp.pdu import Status
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def sim() -> AsyncIterator[SmscSimulator]:
+    simulator = SmscSimulator(SimulatorConfig(receipt_delay=0.02))
+    await simulator.start()
+    try:
+        yield simulator
+    finally:
+        await simulator.stop()
+
+
+async def test_2000_rows_all_delivered_with_receipts(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    await enqueue(db_pool, 2000)
+    async with running_gateway(settings_for(db_dsn, sim, binds=2, window=50)):
+        c = await wait_status(db_pool, "delivered", 2000, timeout=60)
+    assert c == {"delivered": 2000}
+    row = await db_pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE receipt_stat = 'DELIVRD') AS receipts,"
+        " count(DISTINCT smsc_message_id) AS ids, max(attempts) AS max_attempts,"
+        " count(*) FILTER (WHERE done_at IS NOT NULL AND submitted_at IS NOT NULL) AS timed"
+        " FROM outbound_message"
+    )
+    assert dict(row) == {"receipts": 2000, "ids": 2000, "max_attempts": 1, "timed": 2000}
+    assert sim.stats.submits_ok == 2000
+    assert await db_pool.fetchval("SELECT count(*) FROM pending_receipt") == 0
+
+
+async def test_receipt_before_submit_resp_is_matched(db_pool: asyncpg.Pool, db_dsn: str) -> None:
+    async with SmscSimulator(SimulatorConfig(receipt_before_response=True, receipt_delay=0)) as sim:
+        await enqueue(db_pool, 300)
+        async with running_gateway(settings_for(db_dsn, sim)):
+            c = await wait_status(db_pool, "delivered", 300, timeout=30)
+    assert c == {"delivered": 300}
+    assert await db_pool.fetchval("SELECT count(*) FROM pending_receipt") == 0
+
+
+async def test_hex_submit_ids_match_decimal_receipts(db_pool: asyncpg.Pool, db_dsn: str) -> None:
+    config = SimulatorConfig(message_id_format="hex", receipt_id_format="decimal", receipt_delay=0.01)
+    async with SmscSimulator(config) as sim:
+        await enqueue(db_pool, 100)
+        settings = settings_for(db_dsn, sim, submit_id_format="hex", receipt_id_format="decimal")
+        async with running_gateway(settings):
+            c = await wait_status(db_pool, "delivered", 100, timeout=30)
+    assert c == {"delivered": 100}
+    # The raw id is kept as the SMSC wrote it in submit_sm_resp.
+    sample = await db_pool.fetchval("SELECT smsc_message_id FROM outbound_message LIMIT 1")
+    assert int(sample, 16) >= 0x2A000000
+
+
+async def test_failed_receipts_end_undeliverable_or_expired_with_reason(db_pool: asyncpg.Pool, db_dsn: str) -> None:
+    config = SimulatorConfig(outcomes={"DELIVRD": 1, "UNDELIV": 1, "EXPIRED": 1, "REJECTD": 1}, receipt_delay=0.01)
+    async with SmscSimulator(config) as sim:
+        await enqueue(db_pool, 400)
+        async with running_gateway(settings_for(db_dsn, sim)):
+            c = await wait_final(db_pool, timeout=30)
+    assert set(c) == {"delivered", "undeliverable", "expired"} and sum(c.values()) == 400
+    rows = await db_pool.fetch(
+        "SELECT status, receipt_stat, reason FROM outbound_message WHERE status <> 'delivered' LIMIT 50"
+    )
+    for r in rows:
+        assert r["receipt_stat"] in ("UNDELIV", "EXPIRED", "REJECTD")
+        assert r["reason"].startswith(f"receipt {r['receipt_stat']}")
+
+
+async def test_bad_rows_end_rejected_with_reasons(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    await db_pool.execute(
+        ENQUEUE,
+        ["12345", "12345", "12345", "12345", "", "12345"],
+        ["not a number", "+12025550100", "+12025550101", "+12025550102", "+12025550103", "+12025550104"],
+        ["hi", "", "x" * 161, "late", "no sender", "fine"],
+        [None, None, None, datetime(2000, 1, 1, tzinfo=UTC), None, None],
+        [0] * 6,
+    )
+    async with running_gateway(settings_for(db_dsn, sim)):
+        await wait_final(db_pool, timeout=20)
+    rows = await db_pool.fetch("SELECT body, status, reason FROM outbound_message ORDER BY id")
+    got = [(r["status"], r["reason"]) for r in rows]
+    assert got == [
+        ("rejected", "invalid_destination"),
+        ("rejected", "empty_body"),
+        ("rejected", "too_long"),
+        ("expired", "expired_before_submit"),
+        ("rejected", "invalid_source"),
+        ("delivered", "delivered"),
+    ]
+
+
+async def test_lease_expiry_requeues_rows_of_a_dead_worker(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
+) -> None:
+    await enqueue(db_pool, 50)
+    # A worker that claimed these rows and died: its lease has run out.
+    await db_pool.execute(
+        "UPDATE outbound_message SET status = 'claimed', claimed_by = 'dead-worker:1', attempts = 1,"
+        " claimed_until = now() - interval '1 second'"
+    )
+    async with running_gateway(settings_for(db_dsn, sim)):
+        c = await wait_status(db_pool, "delivered", 50, timeout=30)
+    assert c == {"delivered": 50}
+    assert await db_pool.fetchval("SELECT min(attempts) FROM outbound_message") == 2
+    # A late write of the dead worker is fenced off by its claim token.
+    done = await db_pool.execute(
+        "UPDATE outbound_message SET status = 'failed' WHERE claimed_by = 'dead-worker:1' AND status = 'claimed'"
+    )
+    assert done == "UPDATE 0"
+
+
+async def test_dropped_bind_mid_window_loses_nothing(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    await enqueue(db_pool, 1500)
+    sim.disconnect_after(400)
+    async with running_gateway(settings_for(db_dsn, sim, window=50)):
+        await sim.wait_for(lambda: sim.stats.connections >= 2, timeout=20)
+        sim.disconnect_after(500)
+        c = await wait_status(db_pool, "delivered", 1500, timeout=60)
+    assert c == {"delivered": 1500}
+    # Rows in flight on the dropped links were sent again, and the extra attempt is on record.
+    assert await db_pool.fetchval("SELECT count(*) FROM outbound_message WHERE attempts >= 2") >= 1
+    # Submits the SMSC accepted but whose response died with the link were sent twice (at-least-once);
+    # receipts of the first copies match no row and stay parked (until they age out), nothing else does.
+    duplicates = sim.stats.submits_ok - 1500
+    assert 0 <= await db_pool.fetchval("SELECT count(*) FROM pending_receipt") <= duplicates
+
+
+async def test_throttling_slows_the_bind_and_everything_is_delivered(db_pool: asyncpg.Pool, db_dsn: str) -> None:
+    async with SmscSimulator(SimulatorConfig(tps_limit=300, receipt_delay=0.01)) as sim:
+        await enqueue(db_pool, 600)
+        async with running_gateway(settings_for(db_dsn, sim, window=50)):
+            c = await wait_status(db_pool, "delivered", 600, timeout=60)
+        assert sim.stats.throttled > 0
+    assert c == {"delivered": 600}
+    # Throttling is not a failure: no retry was charged to the rows.
+    assert await db_pool.fetchval("SELECT max(attempts) FROM outbound_message") == 1
+
+
+async def test_error_statuses_permanent_fail_transient_retry(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
+) -> None:
+    sim.fail_next(3, Status.RINVDSTADR)
+    await enqueue(db_pool, 3)
+    async with running_gateway(settings_for(db_dsn, sim, window=1)):
+        await wait_final(db_pool, timeout=20)
+        rows = await db_pool.fetch("SELECT status, error_code, reason FROM outbound_message")
+        assert {(r["status"], r["error_code"], r["reason"]) for r in rows} == {("failed", 0x0B, "ESME_RINVDSTADR")}
+        sim.fail_next(2, Status.RSYSERR)
+        await enqueue(db_pool, 2, start=10)
+        c = await wait_status(db_pool, "delivered", 2, timeout=20)
+    assert c == {"failed": 3, "delivered": 2}
+    assert await db_pool.fetchval("SELECT max(attempts) FROM outbound_message WHERE status = 'delivered'") == 2
+
+
+async def test_transient_errors_fail_after_max_attempts(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    sim.fail_next(100, Status.RSYSERR)
+    await enqueue(db_pool, 1)
+    settings = settings_for(db_dsn, sim)
+    settings = settings.model_copy(
+        update={"dispatcher": settings.dispatcher.model_copy(update={"max_attempts": 3})}
+    )
+    async with running_gateway(settings):
+        await wait_final(db_pool, timeout=20)
+    row = await db_pool.fetchrow("SELECT status, attempts, error_code, reason FROM outbound_message")
+    assert dict(row) == {
+        "status": "failed", "attempts": 3, "error_code": 8, "reason": "ESME_RSYSERR after 3 attempts"
+    }
+
+
+async def test_response_timeout_is_retried_and_recorded(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    sim.drop_next(2)
+    await enqueue(db_pool, 5)
+    async with running_gateway(settings_for(db_dsn, sim, response_timeout=0.5)):
+        c = await wait_status(db_pool, "delivered", 5, timeout=30)
+    assert c == {"delivered": 5}
+    assert await db_pool.fetchval("SELECT count(*) FROM outbound_message WHERE attempts = 2") == 2
+
+
+async def test_malformed_pdu_from_smsc_drops_link_and_rebinds(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
+) -> None:
+    async with running_gateway(settings_for(db_dsn, sim)):
+        await sim.wait_for(lambda: sim.bound() >= 1, timeout=10)
+        sim.send_malformed()
+        await sim.wait_for(lambda: sim.stats.connections >= 2 and sim.bound() >= 1, timeout=10)
+        await enqueue(db_pool, 20)
+        c = await wait_status(db_pool, "delivered", 20, timeout=20)
+    assert c == {"delivered": 20}
+
+
+async def test_wrong_password_keeps_retrying_without_sending(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    await enqueue(db_pool, 5)
+    async with running_gateway(settings_for(db_dsn, sim, password="wrong")):
+        await sim.wait_for(lambda: sim.stats.bind_failures >= 2, timeout=10)
+        c = await counts(db_pool)
+    assert sim.stats.bind_failures >= 2
+    assert c == {"queued": 5}
+
+
+async def test_mo_is_stored_then_acked(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    async with running_gateway(settings_for(db_dsn, sim)):
+        await sim.wait_for(lambda: sim.bound() >= 1, timeout=10)
+        delivery = await sim.inject_mo("15551230000", "12345", "JOIN news ✓")
+        assert await sim.wait_for(lambda: delivery.acked, timeout=10)
+    row = await db_pool.fetchrow("SELECT smsc, source, destination, body, data_coding FROM inbound_message")
+    assert dict(row) == {
+        "smsc": "sim", "source": "15551230000", "destination": "12345", "body": "JOIN news ✓", "data_coding": 8
+    }
+
+
+async def test_graceful_stop_leaves_no_row_claimed(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    await enqueue(db_pool, 3000)
+    async with running_gateway(settings_for(db_dsn, sim, tps=500, window=20)):
+        await wait_status(db_pool, "delivered", 100, timeout=20)
+    c = await counts(db_pool)
+    assert "claimed" not in c
+    assert sum(c.values()) == 3000 and c.get("queued", 0) > 0
+    # Rows given back were never sent: their attempt is not counted.
+    assert await db_pool.fetchval("SELECT max(attempts) FROM outbound_message WHERE status = 'queued'") == 0
+
+
+@pytest.mark.parametrize("n", [1])
+async def test_enqueue_notify_wakes_idle_gateway_quickly(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator, n: int
+) -> None:
+    settings = settings_for(db_dsn, sim)
+    settings = settings.model_copy(
+        update={"dispatcher": settings.dispatcher.model_copy(update={"poll_interval": 30.0})}
+    )
+    async with running_gateway(settings):
+        await sim.wait_for(lambda: sim.bound() >= 1, timeout=10)
+        await asyncio.sleep(0.3)
+        await enqueue(db_pool, n)
+        # The fallback poll is 30 s: only the NOTIFY can make this quick.
+        ok = await sim.wait_for(lambda: sim.stats.submits_ok >= n, timeout=5)
+    assert ok
