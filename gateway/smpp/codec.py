@@ -90,7 +90,17 @@ def _cstr(value: str, max_len: int, name: str) -> bytes:
         raise PduEncodeError(f"{name} must be ASCII: {value!r}") from exc
     if len(raw) >= max_len:
         raise PduEncodeError(f"{name} is {len(raw)} octets, at most {max_len - 1} allowed")
+    if b"\x00" in raw:  # a NUL would end the field early and shift every later field at the peer
+        raise PduEncodeError(f"{name} must not contain NUL: {value!r}")
     return raw + b"\x00"
+
+
+def _octets(*values: int) -> bytes:
+    """One-octet integer fields."""
+    for v in values:
+        if not 0 <= v <= 0xFF:
+            raise PduEncodeError(f"one-octet field value {v} out of range 0..255")
+    return bytes(values)
 
 
 def _time(value: str, name: str) -> bytes:
@@ -117,7 +127,7 @@ def _body_bind(p: _Bind) -> bytes:
             _cstr(p.system_id, 16, "system_id"),
             _cstr(p.password, 9, "password"),
             _cstr(p.system_type, 13, "system_type"),
-            bytes((p.interface_version, p.addr_ton, p.addr_npi)),
+            _octets(p.interface_version, p.addr_ton, p.addr_npi),
             _cstr(p.address_range, 41, "address_range"),
         )
     )
@@ -134,15 +144,14 @@ def _body_short_message(p: _ShortMessage) -> bytes:
     return b"".join(
         (
             _cstr(p.service_type, 6, "service_type"),
-            bytes((p.source_addr_ton, p.source_addr_npi)),
+            _octets(p.source_addr_ton, p.source_addr_npi),
             _cstr(p.source_addr, 21, "source_addr"),
-            bytes((p.dest_addr_ton, p.dest_addr_npi)),
+            _octets(p.dest_addr_ton, p.dest_addr_npi),
             _cstr(p.destination_addr, 21, "destination_addr"),
-            bytes((p.esm_class, p.protocol_id, p.priority_flag)),
+            _octets(p.esm_class, p.protocol_id, p.priority_flag),
             _time(p.schedule_delivery_time, "schedule_delivery_time"),
             _time(p.validity_period, "validity_period"),
-            bytes((p.registered_delivery, p.replace_if_present_flag, p.data_coding, p.sm_default_msg_id,
-                   len(sm))),
+            _octets(p.registered_delivery, p.replace_if_present_flag, p.data_coding, p.sm_default_msg_id, len(sm)),
             sm,
             _tlvs(p.tlvs),
         )
@@ -153,11 +162,11 @@ def _body_data_sm(p: DataSm) -> bytes:
     return b"".join(
         (
             _cstr(p.service_type, 6, "service_type"),
-            bytes((p.source_addr_ton, p.source_addr_npi)),
+            _octets(p.source_addr_ton, p.source_addr_npi),
             _cstr(p.source_addr, 65, "source_addr"),
-            bytes((p.dest_addr_ton, p.dest_addr_npi)),
+            _octets(p.dest_addr_ton, p.dest_addr_npi),
             _cstr(p.destination_addr, 65, "destination_addr"),
-            bytes((p.esm_class, p.registered_delivery, p.data_coding)),
+            _octets(p.esm_class, p.registered_delivery, p.data_coding),
             _tlvs(p.tlvs),
         )
     )
@@ -216,6 +225,8 @@ def encode(pdu: Pdu) -> bytes:
         command_id = pdu.command_id
     if not 0 <= pdu.sequence_number <= 0xFFFFFFFF:
         raise PduEncodeError(f"sequence_number {pdu.sequence_number} out of range")
+    if not 0 <= pdu.command_status <= 0xFFFFFFFF:
+        raise PduEncodeError(f"command_status {pdu.command_status} out of range")
     return HEADER.pack(16 + len(body), command_id, pdu.command_status, pdu.sequence_number) + body
 
 
@@ -267,6 +278,8 @@ class _Reader:
         end = len(data)
         while pos + 4 <= end:
             tag, length = _TLV_HEAD.unpack_from(data, pos)
+            if tag == 0 and not any(data[pos:]):  # NUL padding after the body, not a TLV
+                break
             if pos + 4 + length > end:
                 break
             out[tag] = data[pos + 4 : pos + 4 + length]
