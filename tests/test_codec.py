@@ -117,10 +117,9 @@ WIRE_TABLE: list[tuple[Pdu, str]] = [
         "0210 0001 34",
     ),
     (
-        # A failed bind: our encoder still writes the (empty) system_id, one NUL octet.
+        # A failed bind: no body (spec §4.1.2), like an error submit_sm_resp.
         BindTransceiverResp(sequence_number=3, command_status=Status.RINVPASWD),
-        "00000011 80000009 0000000e 00000003"  # 17 = 16 + 1
-        "00",
+        "00000010 80000009 0000000e 00000003",
     ),
     (
         Outbind(sequence_number=4, system_id="SMSC", password="pw"),
@@ -624,6 +623,16 @@ def test_framer_rejects_command_length_below_16_as_fatal(length: int) -> None:
     assert framer.buffered == 0
 
 
+def test_framer_returns_good_frames_before_raising_on_garbage_in_the_same_read() -> None:
+    framer = Framer()
+    good = h("00000010 80000015 00000000 00000007")
+    assert framer.feed(good + h("00000005 00000015")) == [good]
+    assert framer.failed
+    with pytest.raises(PduDecodeError) as err:
+        framer.feed(b"")
+    assert err.value.fatal
+
+
 def test_framer_rejects_command_length_above_the_guard_as_fatal() -> None:
     framer = Framer()
     with pytest.raises(PduDecodeError) as err:
@@ -649,13 +658,13 @@ def test_framer_guard_is_large_enough_for_a_64k_message_payload() -> None:
     assert decode(frame) == pdu
 
 
-def test_framer_bad_length_after_good_frames_raises_and_drops_the_buffer() -> None:
+def test_framer_bad_length_after_good_frames_drops_the_buffer() -> None:
     framer = Framer()
-    # Frames before the bad one in the same chunk are lost with the connection; the stream is unusable.
-    with pytest.raises(PduDecodeError) as err:
-        framer.feed(FRAMER_SAMPLE[0] + h("00000008 00000015"))
-    assert err.value.fatal
+    assert framer.feed(FRAMER_SAMPLE[0] + h("00000008 00000015")) == [FRAMER_SAMPLE[0]]
     assert framer.buffered == 0
+    with pytest.raises(PduDecodeError) as err:
+        framer.feed(FRAMER_SAMPLE[1])  # the stream is unusable from here on
+    assert err.value.fatal
 
 
 @settings(max_examples=500, deadline=None)

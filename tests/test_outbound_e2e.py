@@ -4,8 +4,8 @@ come back into the table. Faults are injected by the simulator."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 
 import asyncpg
 import pytest
@@ -201,7 +201,9 @@ async def test_malformed_pdu_from_smsc_drops_link_and_rebinds(
     assert c == {"delivered": 20}
 
 
-async def test_wrong_password_keeps_retrying_without_sending(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+async def test_wrong_password_keeps_retrying_without_sending(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
+) -> None:
     await enqueue(db_pool, 5)
     async with running_gateway(settings_for(db_dsn, sim, password="wrong")):
         await sim.wait_for(lambda: sim.stats.bind_failures >= 2, timeout=10)

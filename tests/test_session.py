@@ -188,3 +188,13 @@ def test_clean_unbind() -> None:
     assert sess.receive_data(codec.encode(UnbindResp(sequence_number=u.sequence_number)), 0.1)[-1] == s.Unbound(
         by_peer=False
     )
+
+
+def test_response_sharing_a_read_with_garbage_is_delivered_before_the_link_closes() -> None:
+    sess = bound_session()
+    seq = sess.send_request(SubmitSm(destination_addr="1"), 0.0, "ctx")
+    data = codec.encode(SubmitSmResp(sequence_number=seq, message_id="m1")) + b"\x00\x00\x00\x05junk-junk-junk!!"
+    events = sess.receive_data(data, 0.0)
+    assert isinstance(events[0], s.ResponseReceived) and events[0].context == "ctx"
+    assert isinstance(events[1], s.ProtocolViolation) and events[1].fatal
+    assert sess.state is s.State.CLOSED

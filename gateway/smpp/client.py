@@ -11,7 +11,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from gateway.smpp import session as s
 from gateway.smpp.pdu import DataSm, DeliverSm, Pdu, _Bind
@@ -74,8 +74,8 @@ class SmppConnection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's TCPTransport is not an asyncio.Transport subclass, so no isinstance check here.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         events = self.session.receive_data(data, self._loop.time())

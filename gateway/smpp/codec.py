@@ -134,6 +134,8 @@ def _body_bind(p: _Bind) -> bytes:
 
 
 def _body_bind_resp(p: _BindResp) -> bytes:
+    if p.command_status != 0 and not p.system_id and not p.tlvs:
+        return b""  # error responses carry no body (spec §4.1.2)
     return _cstr(p.system_id, 16, "system_id") + _tlvs(p.tlvs)
 
 
@@ -444,18 +446,24 @@ class Framer:
     resynchronised: the error is fatal and the buffer is discarded.
     """
 
-    __slots__ = ("_buffer", "max_length")
+    __slots__ = ("_buffer", "_error", "max_length")
 
     def __init__(self, max_length: int = MAX_PDU_LENGTH) -> None:
         self._buffer = bytearray()
+        self._error: PduDecodeError | None = None
         self.max_length = max_length
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add bytes; return every complete frame now available, in order.
 
+        Good frames cut before a framing error are returned first; the error is raised by the next call
+        (feed(b"") is enough), so a response that shares a TCP read with garbage is not lost.
+
         Raises:
             PduDecodeError: fatal framing error (bad command_length).
         """
+        if self._error is not None:
+            raise self._error
         buf = self._buffer
         buf += data
         frames: list[bytes] = []
@@ -467,13 +475,16 @@ class Framer:
                 seq = int.from_bytes(buf[pos + 12 : pos + 16], "big") if end - pos >= 16 else 0
                 cid = int.from_bytes(buf[pos + 4 : pos + 8], "big") if end - pos >= 8 else 0
                 self._buffer = bytearray()
-                raise PduDecodeError(
+                self._error = PduDecodeError(
                     f"command_length {length} outside {MIN_PDU_LENGTH}..{self.max_length}",
                     command_id=cid,
                     sequence_number=seq,
                     status=Status.RINVCMDLEN,
                     fatal=True,
                 )
+                if frames:
+                    return frames
+                raise self._error
             if end - pos < length:
                 break
             frames.append(bytes(buf[pos : pos + length]))
@@ -481,6 +492,11 @@ class Framer:
         if pos:
             del buf[:pos]
         return frames
+
+    @property
+    def failed(self) -> bool:
+        """A framing error is pending: the stream is unusable."""
+        return self._error is not None
 
     @property
     def buffered(self) -> int:

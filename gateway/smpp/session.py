@@ -292,6 +292,8 @@ class Session:
             self._handle_pdu(pdu, now, events)
             if self.state is State.CLOSED:
                 break
+        if self._framer.failed and self.state is not State.CLOSED:
+            events.extend(self.receive_data(b"", now))  # raise the framing error held back behind good frames
         return events
 
     def _answer_decode_error(self, exc: codec.PduDecodeError) -> Event:
