@@ -118,7 +118,7 @@ async def main() -> int:
     ap.add_argument("--time-limit", type=float, default=300.0)
     ap.add_argument("--smsc", help="HOST:PORT of an external SMSC instead of the simulator")
     ap.add_argument("--system-id", default="bench")
-    ap.add_argument("--password", default="bench-pass")
+    ap.add_argument("--password", default="benchpw")
     ap.add_argument("--body", default="Your verification code is 123456. Reply STOP to opt out.")
     args = ap.parse_args()
 

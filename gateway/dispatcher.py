@@ -99,7 +99,9 @@ class BindWorker:
                         system_type=smsc.system_type,
                     )
                 )
-            except (OSError, TimeoutError, BindError, ConnectionClosedError) as exc:
+            except (OSError, TimeoutError, BindError, ConnectionClosedError, PduEncodeError) as exc:
+                # PduEncodeError: a bind field the SMSC cannot take (settings validate lengths; keep retrying
+                # with back-off rather than losing the bind task).
                 if conn is not None:
                     conn.abort("bind failed")
                 delay = backoff * random.uniform(0.5, 1.0)

@@ -65,6 +65,8 @@ class SmscSettings(_Model):
     def _password_present(self) -> SmscSettings:
         if self.password is None and self.password_file is None:
             raise ValueError("set password (or SMSGW_SMSC__<NAME>__PASSWORD) or password_file")
+        if self.password is not None and len(self.password.get_secret_value()) > 8:
+            raise ValueError("password: SMPP 3.4 allows at most 8 characters")
         return self
 
     def resolved_password(self) -> str:
