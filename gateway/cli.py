@@ -143,16 +143,26 @@ def simulate_smsc(
 @click.option("--messages", type=int, default=200, show_default=True, help="sample messages to enqueue")
 @click.option("--rate", type=float, default=50.0, show_default=True, help="messages per second (TPS of the bind)")
 @click.option("--metrics-port", type=int, default=9464, show_default=True)
-@click.option("--data-dir", type=click.Path(path_type=Path), default=Path(".state/demo-pg"), show_default=True)
-def demo(duration: float | None, messages: int, rate: float, metrics_port: int, data_dir: Path) -> None:
+@click.option(
+    "--data-dir", type=click.Path(path_type=Path), default=None, help="keep the demo cluster here (default: temporary)"
+)
+def demo(duration: float | None, messages: int, rate: float, metrics_port: int, data_dir: Path | None) -> None:
     """Embedded Postgres + SMSC simulator + gateway, with sample traffic and a live status line."""
     from gateway.demo import run_demo
     from gateway.logs import setup_logging
 
     setup_logging("WARNING", "text")
-    data_dir = data_dir.resolve()
+    import shutil
+    import tempfile
+
+    temporary = data_dir is None
+    data_dir = Path(tempfile.mkdtemp(prefix="smsgw-demo-")) / "pg" if data_dir is None else data_dir.resolve()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    code = uvloop.run(
-        run_demo(duration=duration, messages=messages, rate=rate, metrics_port=metrics_port, data_dir=data_dir)
-    )
+    try:
+        code = uvloop.run(
+            run_demo(duration=duration, messages=messages, rate=rate, metrics_port=metrics_port, data_dir=data_dir)
+        )
+    finally:
+        if temporary:
+            shutil.rmtree(data_dir.parent, ignore_errors=True)
     sys.exit(code)

@@ -50,7 +50,7 @@ async def run_demo(*, duration: float | None, messages: int, rate: float, metric
     await asyncio.to_thread(pg.start)
     sim = SmscSimulator(
         SimulatorConfig(
-            accounts={"demo": "demo-pass"},
+            accounts={"demo": "demopass"},
             receipt_delay=0.5,
             outcomes={"DELIVRD": 0.9, "UNDELIV": 0.05, "EXPIRED": 0.03, "REJECTD": 0.02},
         )
@@ -70,7 +70,7 @@ async def run_demo(*, duration: float | None, messages: int, rate: float, metric
                     "host": "127.0.0.1",
                     "port": sim.port,
                     "system_id": "demo",
-                    "password": "demo-pass",
+                    "password": "demopass",
                     "tps": rate,
                     "window": 20,
                 }

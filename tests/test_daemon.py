@@ -45,8 +45,9 @@ async def test_sigterm_mid_run_leaves_no_row_claimed(db_pool: asyncpg.Pool, db_d
         await enqueue(db_pool, 3000)
         config = _write_config(tmp_path / "gw.toml", db_dsn, sim.port, tps=400)
         env = {**os.environ, "SMSGW_SMSC__SIM__PASSWORD": "secret"}
-        proc = subprocess.Popen([SMSGW, "run", "--config", str(config)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(  # noqa: ASYNC220 - the daemon under test runs beside the loop
+            [SMSGW, "run", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             c = await wait_status(db_pool, "delivered", 200, timeout=30)
             assert c.get("delivered", 0) >= 200, c
@@ -102,7 +103,9 @@ def test_bad_config_fails_with_one_line_naming_the_key(tmp_path: Path) -> None:
     assert proc.stderr.strip().splitlines() == [str(err.value)]
 
 
-def test_environment_overrides_the_file_and_secrets_stay_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_the_file_and_secrets_stay_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "gw.toml"
     path.write_text('[database]\nurl = "postgresql://file/db"\n[smsc.carrier]\nsystem_id = "x"\nwindow = 5\n')
     monkeypatch.setenv("SMSGW_SMSC__CARRIER__PASSWORD", "s3cret")
@@ -139,3 +142,9 @@ async def test_metrics_endpoint_serves_the_basic_set(db_pool: asyncpg.Pool, db_d
         "smsgw_submit_rtt_seconds_bucket",
     ):
         assert needle in text, needle
+
+
+@pytest.mark.parametrize("name", ["gateway.example.toml", "local-simulator.toml"])
+def test_example_configs_load(name: str) -> None:
+    settings = load_settings(Path(__file__).resolve().parent.parent / "config" / name)
+    assert settings.smsc

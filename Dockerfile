@@ -1,0 +1,25 @@
+# Production image for the gateway daemon.
+#   docker build -t smsgw .
+#   docker run -e SMSGW_DATABASE__URL=... -e SMSGW_SMSC__CARRIER_A__PASSWORD=... \
+#              -v $PWD/config/gateway.toml:/etc/smsgw/gateway.toml:ro smsgw
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY gateway ./gateway
+COPY keywords ./keywords
+COPY throughput ./throughput
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
+    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin smsgw
+COPY config/gateway.example.toml /etc/smsgw/gateway.toml
+USER smsgw
+EXPOSE 9464
+# The metrics endpoint answers only while the daemon's process is up and serving.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=4)"
+ENTRYPOINT ["smsgw"]
+CMD ["run", "--config", "/etc/smsgw/gateway.toml"]
