@@ -94,8 +94,8 @@ class Gateway:
                     await conn.execute("SELECT 1", timeout=5)  # keep-alive: notice a dead link
             except asyncio.CancelledError:
                 raise
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("notify listener lost", extra={"error": str(exc), "retry_s": backoff})
+            except Exception as exc:  # reconnect whatever broke; the claimers poll meanwhile
+                log.warning("notify listener lost", extra={"error": f"{type(exc).__name__}: {exc}", "retry_s": backoff})
             finally:
                 if conn is not None and not conn.is_closed():
                     await conn.close(timeout=5)

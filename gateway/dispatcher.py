@@ -272,8 +272,8 @@ class SmscDispatcher:
                 continue
             try:
                 rows = await self._claim(want)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-                log.warning("claim failed", extra={"smsc": self.name, "error": str(exc)})
+            except Exception as exc:  # the database may be restarting; the claimer must outlive it
+                log.warning("claim failed", extra={"smsc": self.name, "error": f"{type(exc).__name__}: {exc}"})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue

@@ -43,8 +43,8 @@ async def run_forever(pool: asyncpg.Pool, settings: DispatcherSettings) -> None:
             touched = await run_once(pool, settings)
             if any(touched.values()):
                 log.info("maintenance", extra=touched)
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
-            log.warning("maintenance failed", extra={"error": str(exc)})
+        except Exception as exc:  # never fatal: the next pass tries again
+            log.warning("maintenance failed", extra={"error": f"{type(exc).__name__}: {exc}"})
         await asyncio.sleep(settings.maintenance_interval)
 
 

@@ -149,9 +149,12 @@ class ResultWriter:
             batch, self._batch = self._batch, _Batch()
             try:
                 await self._write(batch)
-            except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except Exception as exc:  # any failure: keep the batch and retry; this task must never die
                 metrics.FLUSH_ERRORS.inc()
-                log.warning("result flush failed; will retry", extra={"error": str(exc), "rows": len(batch)})
+                log.warning(
+                    "result flush failed; will retry",
+                    extra={"error": f"{type(exc).__name__}: {exc}", "rows": len(batch)},
+                )
                 self._requeue(batch)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -176,7 +179,16 @@ class ResultWriter:
         self._batch = batch
 
     async def _write(self, b: _Batch) -> None:
-        async with self._pool.acquire(timeout=10) as conn, conn.transaction():
+        async with self._pool.acquire(timeout=10) as conn:
+            try:
+                await self._write_on(conn, b)
+            except Exception:
+                # After a broken link asyncpg can leave the connection mid-operation; never reuse it.
+                conn.terminate()
+                raise
+
+    async def _write_on(self, conn: asyncpg.Connection, b: _Batch) -> None:
+        async with conn.transaction():
             # Marks first: a receipt in this same batch may be for a row marked here.
             if b.marks:
                 await conn.execute(sql.MARK_SUBMITTED, *_columns(b.marks, 6), timeout=30)
