@@ -20,6 +20,8 @@ from gateway.db.migrate import migrate
 from gateway.dispatcher import SmscDispatcher
 from gateway.results import ResultWriter
 from gateway.settings import Settings
+from keywords.matcher import KeywordMatcher
+from keywords.processor import MoProcessor
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Gateway:
         self.pool: asyncpg.Pool | None = None
         self.writer: ResultWriter | None = None
         self.dispatchers: list[SmscDispatcher] = []
+        self.mo_processor: MoProcessor | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
 
@@ -60,8 +63,18 @@ class Gateway:
             dsn, min_size=2, max_size=s.database.pool_size, init=_init_connection, timeout=30, command_timeout=60
         )
         d = s.dispatcher
-        self.writer = ResultWriter(self.pool, flush_interval=d.flush_interval, flush_max_rows=d.flush_max_rows)
+        self.mo_processor = MoProcessor(
+            self.pool, KeywordMatcher(s.keywords, s.keywords_default), s.inbound, default_region=d.default_region
+        )
+        await self.mo_processor.sync_lists(s.keywords)
+        self.writer = ResultWriter(
+            self.pool,
+            flush_interval=d.flush_interval,
+            flush_max_rows=d.flush_max_rows,
+            on_mo_committed=self.mo_processor.wake,
+        )
         self.writer.start()
+        self.mo_processor.start()
         self.dispatchers = [
             SmscDispatcher(name, smsc, d, self.pool, self.writer) for name, smsc in s.smsc.items()
         ]
@@ -130,6 +143,13 @@ class Gateway:
         self._tasks.clear()
         if self.writer is not None:
             await self.writer.stop(timeout)
+        if self.mo_processor is not None:
+            # Parts committed last are handled now rather than at the next start.
+            try:
+                await asyncio.wait_for(self.mo_processor.process_batch(), timeout)
+            except Exception as exc:
+                log.warning("final MO batch failed; parts stay stored", extra={"error": str(exc)})
+            await self.mo_processor.stop()
         if self.pool is not None:
             await asyncio.wait_for(self.pool.close(), timeout)
         if self._metrics_server is not None:

@@ -23,7 +23,7 @@ import asyncpg
 from gateway import metrics
 from gateway.db import outbound_sql as sql
 from gateway.inbound import InboundHandler
-from gateway.message import ClaimedMessage, Rejection, prepare
+from gateway.message import ClaimedMessage, Rejection, consent_refusal, prepare
 from gateway.results import ResultWriter
 from gateway.settings import THROTTLE_STATUSES, DispatcherSettings, SmscSettings
 from gateway.smpp import session as smpp_session
@@ -31,6 +31,7 @@ from gateway.smpp.client import BindError, ConnectionClosedError, RequestTimeout
 from gateway.smpp.codec import PduEncodeError
 from gateway.smpp.pdu import BindTransceiver, GenericNack, Pdu, SubmitSm, SubmitSmResp, status_name
 from gateway.smpp.receipt import msgid_key
+from keywords import sql as consent_sql
 from throughput import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -270,10 +271,15 @@ class SmscDispatcher:
             if want <= 0 or (self._queue_maybe_empty and self._ready):
                 await self._wait_claim_wake(self.settings.poll_interval)
                 continue
+            rows: list[tuple[str, asyncpg.Record]] = []
             try:
                 rows = await self._claim(want)
+                if rows:
+                    await self._accept(rows)
             except Exception as exc:  # the database may be restarting; the claimer must outlive it
                 log.warning("claim failed", extra={"smsc": self.name, "error": f"{type(exc).__name__}: {exc}"})
+                for token, record in rows:  # claimed but not checked: give them back untouched
+                    self.writer.settle(record["id"], token, "queued", reason="consent_check_failed", attempts_delta=-1)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
@@ -282,8 +288,6 @@ class SmscDispatcher:
                 self._queue_maybe_empty = True
                 if not rows:
                     await self._wait_claim_wake(self.settings.poll_interval * random.uniform(0.8, 1.2))
-                    continue
-            self._accept(rows)
 
     async def _wait_claim_wake(self, timeout: float) -> None:
         self._claim_wake.clear()
@@ -297,18 +301,39 @@ class SmscDispatcher:
         rows = await self.pool.fetch(sql.CLAIM, token, self.settings.lease_seconds, limit, self.name, timeout=30)
         return [(token, r) for r in rows]
 
-    def _accept(self, rows: list[tuple[str, asyncpg.Record]]) -> None:
+    async def _accept(self, rows: list[tuple[str, asyncpg.Record]]) -> None:
+        """Validate and encode claimed rows, enforce consent with one lookup for the batch, queue the rest."""
         now = datetime.now(UTC)
+        prepared: list[_Item] = []
         for token, record in rows:
             msg = ClaimedMessage.model_validate(dict(record))
             result = prepare(msg, self.smsc, self.settings.default_region, now)
             if isinstance(result, Rejection):
-                metrics.REJECTED.labels(result.reason).inc()
-                self.writer.settle(msg.id, token, result.status, reason=result.reason)
+                self._reject(msg, token, result)
                 continue
-            self._ready.append(_Item(msg, result, token))
+            prepared.append(_Item(msg, result, token))
+        if not prepared:
+            return
+        checks = await self.pool.fetch(
+            consent_sql.CONSENT_CHECK,
+            [it.msg.source.strip() for it in prepared],
+            [it.pdu.destination_addr for it in prepared],
+            [it.msg.list_name for it in prepared],
+            timeout=30,
+        )
+        for check in checks:
+            item = prepared[check["i"] - 1]
+            refusal = consent_refusal(item.msg, opted_out=check["opted_out"], subscribed=check["subscribed"])
+            if refusal is not None:
+                self._reject(item.msg, item.token, refusal)
+            else:
+                self._ready.append(item)
         if self._ready:
             self._ready_event.set()
+
+    def _reject(self, msg: ClaimedMessage, token: str, rejection: Rejection) -> None:
+        metrics.REJECTED.labels(rejection.reason).inc()
+        self.writer.settle(msg.id, token, rejection.status, reason=rejection.reason)
 
     # -- responses -----------------------------------------------------------------------------------
 

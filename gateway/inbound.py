@@ -16,6 +16,7 @@ from gateway.smpp.client import SmppConnection
 from gateway.smpp.gsm import decode_short_message
 from gateway.smpp.pdu import DataSm, DataSmResp, DeliverSm, DeliverSmResp, Tag
 from gateway.smpp.receipt import ReceiptParseError, msgid_key, parse_receipt
+from gateway.smpp.udh import concatenation
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,19 @@ class InboundHandler:
             )
             return
         metrics.MO_RECEIVED.labels(self.smsc_name).inc()
-        self._store_inbound(pdu, payload, ack)
+        part = concatenation(pdu.esm_class, payload, pdu.tlvs)
+        self.writer.mo_part(
+            self.smsc_name,
+            pdu.source_addr,
+            pdu.destination_addr,
+            part.ref,
+            part.total,
+            part.seq,
+            pdu.data_coding,
+            pdu.esm_class,
+            part.payload,
+            ack,
+        )
 
     def _store_inbound(self, pdu: DeliverSm | DataSm, payload: bytes, ack: object) -> None:
         self.writer.inbound(

@@ -32,6 +32,8 @@ class ClaimedMessage(BaseModel):
     expires_at: datetime | None
     attempts: int
     created_at: datetime
+    list_name: str | None = None
+    is_opt_out_confirmation: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,3 +105,13 @@ def prepare(msg: ClaimedMessage, smsc: SmscSettings, default_region: str, now: d
         data_coding=encoded.data_coding,
         short_message=encoded.payload,
     )
+
+
+def consent_refusal(msg: ClaimedMessage, *, opted_out: bool, subscribed: bool) -> Rejection | None:
+    """Send-time consent rule: nothing to a number that opted out of the short code (except the STOP
+    confirmation itself), and marketing only to an active subscriber of the message's list."""
+    if opted_out and not msg.is_opt_out_confirmation:
+        return Rejection("rejected", "opted_out")
+    if msg.message_class == "marketing" and not subscribed:
+        return Rejection("rejected", "not_subscribed")
+    return None

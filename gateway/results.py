@@ -27,17 +27,26 @@ class _Batch:
     settles: list[tuple[int, str, str, float, int | None, str | None, int, str | None]] = field(default_factory=list)
     receipts: list[tuple[str, str, str, str, str, int | None, str]] = field(default_factory=list)
     inbound: list[tuple[str, str, str, str, int, int, bytes]] = field(default_factory=list)
+    mo_parts: list[tuple[str, str, str, int, int, int, int, int, bytes]] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.marks) + len(self.settles) + len(self.receipts) + len(self.inbound)
+        return len(self.marks) + len(self.settles) + len(self.receipts) + len(self.inbound) + len(self.mo_parts)
 
 
 class ResultWriter:
     """Owns the buffers and the flush task. All `add_*` methods are cheap and never block."""
 
-    def __init__(self, pool: asyncpg.Pool, *, flush_interval: float = 0.015, flush_max_rows: int = 500) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        flush_interval: float = 0.015,
+        flush_max_rows: int = 500,
+        on_mo_committed: Callable[[], None] | None = None,
+    ) -> None:
         self._pool = pool
+        self._on_mo_committed = on_mo_committed
         self._interval = flush_interval
         self._max_rows = flush_max_rows
         self._batch = _Batch()
@@ -96,6 +105,24 @@ class ResultWriter:
         ack: Callable[[], None],
     ) -> None:
         self._batch.inbound.append((smsc, source, destination, body, data_coding, esm_class, raw))
+        self._batch.after_commit.append(ack)
+        self._poke()
+
+    def mo_part(
+        self,
+        smsc: str,
+        source: str,
+        destination: str,
+        ref: int,
+        total: int,
+        seq: int,
+        data_coding: int,
+        esm_class: int,
+        payload: bytes,
+        ack: Callable[[], None],
+    ) -> None:
+        """One part of an MO (a plain MO is part 1 of 1); the MO processor assembles and handles it."""
+        self._batch.mo_parts.append((smsc, source, destination, ref, total, seq, data_coding, esm_class, payload))
         self._batch.after_commit.append(ack)
         self._poke()
 
@@ -160,6 +187,8 @@ class ResultWriter:
                 backoff = min(backoff * 2, 2.0)
                 continue
             backoff = 0.05
+            if batch.mo_parts and self._on_mo_committed is not None:
+                self._on_mo_committed()
             for ack in batch.after_commit:
                 try:
                     ack()
@@ -175,6 +204,7 @@ class ResultWriter:
         batch.settles += new.settles
         batch.receipts += new.receipts
         batch.inbound += new.inbound
+        batch.mo_parts += new.mo_parts
         batch.after_commit += new.after_commit
         self._batch = batch
 
@@ -199,6 +229,8 @@ class ResultWriter:
             if b.inbound:
                 await conn.execute(sql.INSERT_INBOUND, *_columns(b.inbound, 7), timeout=30)
                 await conn.execute("SELECT pg_notify($1, '')", sql.INBOUND_CHANNEL, timeout=30)
+            if b.mo_parts:
+                await conn.execute(sql.INSERT_MO_PARTS, *_columns(b.mo_parts, 9), timeout=30)
 
 
 def _columns(rows: list[tuple], width: int) -> list[list]:  # type: ignore[type-arg]

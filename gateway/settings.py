@@ -15,6 +15,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from keywords.config import ShortCodeKeywords
+
 IdFormat = Literal["string", "decimal", "hex"]
 
 # ESME_RSYSERR, ESME_RMSGQFUL, ESME_RTHROTTLED, ESME_RX_T_APPN: retry later (Kannel's transient set).
@@ -107,6 +109,14 @@ class DispatcherSettings(_Model):
     parked_receipt_days: float = Field(3.0, gt=0)
 
 
+class InboundSettings(_Model):
+    reassembly_timeout: float = Field(60.0, gt=0, description="a concatenated MO missing parts is kept incomplete")
+    dedup_window: float = Field(300.0, ge=0, description="the same MO again within this is a re-delivery")
+    reply_priority: int = Field(100, ge=-32768, le=32767)
+    batch: int = Field(200, ge=1, le=5000)
+    poll_interval: float = Field(1.0, gt=0)
+
+
 class MetricsSettings(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -124,6 +134,13 @@ class Settings(BaseSettings):
     smsc: dict[str, SmscSettings] = Field(default_factory=dict)
     dispatcher: DispatcherSettings = DispatcherSettings()
     metrics: MetricsSettings = MetricsSettings()
+    inbound: InboundSettings = InboundSettings()
+    # Per short code: programs, lists, keywords and reply templates ([keywords."12345"] in TOML).
+    keywords: dict[str, ShortCodeKeywords] = Field(default_factory=dict)
+    # For MOs to a short code without its own section.
+    keywords_default: ShortCodeKeywords = ShortCodeKeywords(
+        program="SMS alerts", contact="our support team", frequency="Msg frequency varies"
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

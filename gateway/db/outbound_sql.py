@@ -20,7 +20,7 @@ WHERE m.id IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING m.id, m.source, m.destination, m.body, m.priority, m.message_class, m.expires_at, m.attempts,
-          m.created_at
+          m.created_at, m.list_name, m.is_opt_out_confirmation
 """
 
 # Successful submit_sm_resp. Receipts parked before the mark (DLR-before-resp race) are consumed here.
@@ -81,6 +81,14 @@ FROM i
 WHERE NOT EXISTS (
     SELECT 1 FROM outbound_message m WHERE m.smsc = i.smsc AND m.smsc_msgid_key = i.msgid_key
 )
+"""
+
+# Re-sent parts (same identity, not yet assembled) are stored once.
+INSERT_MO_PARTS = """
+INSERT INTO mo_part (smsc, source, destination, ref, total, seq, data_coding, esm_class, payload)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::smallint[], $6::smallint[],
+                     $7::smallint[], $8::smallint[], $9::bytea[])
+ON CONFLICT (smsc, source, destination, ref, total, seq) DO NOTHING
 """
 
 INSERT_INBOUND = """
