@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 from prometheus_client import Counter
@@ -40,7 +41,8 @@ class AssembledMo:
     raw: bytes
     parts: int
     incomplete: bool
-    received_at: object
+    received_at: datetime
+    first_part_id: int  # arrival order: parts committed in one flush share received_at
 
 
 def assemble(parts: list[asyncpg.Record]) -> AssembledMo:
@@ -61,6 +63,7 @@ def assemble(parts: list[asyncpg.Record]) -> AssembledMo:
         parts=len(ordered),
         incomplete=len(ordered) < first["total"],
         received_at=min(p["received_at"] for p in ordered),
+        first_part_id=min(p["id"] for p in ordered),
     )
 
 
@@ -124,82 +127,159 @@ class MoProcessor:
 
     async def process_batch(self) -> int:
         """Handle the MOs whose parts are complete (or timed out); return how many were handled."""
-        handled: list[str] = []
         async with self._pool.acquire(timeout=10) as conn, conn.transaction():
             rows = await conn.fetch(
                 sql.TAKE_GROUPS, self._settings.reassembly_timeout, self._settings.batch, timeout=30
             )
             if not rows:
                 return 0
-            groups: dict[tuple[str, str, str, int, int], list[asyncpg.Record]] = defaultdict(list)
+            groups: dict[tuple[str, str, str, int, int, int], list[asyncpg.Record]] = defaultdict(list)
             for r in rows:
-                groups[(r["smsc"], r["source"], r["destination"], r["ref"], r["total"])].append(r)
-            for parts in groups.values():
-                handled.append(await self._handle(conn, assemble(parts)))
+                single = r["id"] if r["total"] == 1 else 0
+                groups[(r["smsc"], r["source"], r["destination"], r["ref"], r["total"], single)].append(r)
+            mos = sorted((assemble(parts) for parts in groups.values()), key=lambda m: (m.received_at, m.first_part_id))
+            plans = await self._plan(conn, mos)
+            await self._store(conn, plans)
+            await self._apply(conn, plans)
             await conn.execute("SELECT pg_notify('smsgw_inbound', '')")
-        for intent in handled:
-            MO_HANDLED.labels(intent).inc()
-        return len(handled)
+        for plan in plans:
+            MO_HANDLED.labels(plan.intent).inc()
+        return len(plans)
 
-    async def _handle(self, conn: asyncpg.Connection, mo: AssembledMo) -> str:
-        msisdn = normalise_number(mo.source, self._region)
-        dup = await conn.fetchval(
-            sql.FIND_DUPLICATE, mo.smsc, mo.source, mo.short_code, mo.text, self._settings.dedup_window
+    async def _plan(self, conn: asyncpg.Connection, mos: list[AssembledMo]) -> list[_Plan]:
+        """Decide what each MO is (duplicate, not actionable, or a keyword), with one duplicate lookup."""
+        originals = await conn.fetch(
+            sql.FIND_DUPLICATES,
+            [m.smsc for m in mos],
+            [m.source for m in mos],
+            [m.short_code for m in mos],
+            [m.text for m in mos],
+            self._settings.dedup_window,
         )
-        if dup is not None:
-            await self._store(conn, mo, msisdn, "duplicate", None, None, f"duplicate of inbound_message {dup}")
-            return "duplicate"
-        if msisdn is None or mo.incomplete:
-            # Not acted on: an invalid sender cannot be opted in or out; a partial text may not mean what the
-            # whole did. Both are stored and announced for a person or another service to look at.
-            note = "invalid_sender" if msisdn is None else "incomplete"
-            await self._store(conn, mo, msisdn, Intent.OTHER.value, None, None, note)
-            return Intent.OTHER.value
-        match = self._matcher.match(mo.short_code, mo.text)
-        cfg = self._matcher.config_for(mo.short_code)
-        mo_id = await self._store(conn, mo, msisdn, match.intent.value, match.keyword, match.list_name, None)
-        reply = await self._apply(conn, mo, msisdn, mo_id, match, cfg)
-        if reply:
-            await conn.execute(
-                sql.ENQUEUE_REPLY, mo.short_code, "+" + msisdn, reply, self._settings.reply_priority, mo_id,
-                match.intent is Intent.OPT_OUT,
-            )
-        return match.intent.value
+        ids = [r[0] for r in await conn.fetch(sql.NEXT_INBOUND_IDS, len(mos))]
+        seen: dict[tuple[str, str, str, str], int] = {}
+        plans: list[_Plan] = []
+        for mo, original, mo_id in zip(mos, originals, ids, strict=True):
+            msisdn = normalise_number(mo.source, self._region)
+            key = (mo.smsc, mo.source, mo.short_code, mo.text)
+            dup_of = original["original"] or seen.get(key)
+            seen.setdefault(key, mo_id)
+            if dup_of is not None:
+                plans.append(_Plan(mo, mo_id, msisdn, "duplicate", note=f"duplicate of inbound_message {dup_of}"))
+            elif msisdn is None or mo.incomplete:
+                # Not acted on: an invalid sender cannot be opted in or out; a partial text may not mean what
+                # the whole did. Both are stored and announced for a person or another service to look at.
+                note = "invalid_sender" if msisdn is None else "incomplete"
+                plans.append(_Plan(mo, mo_id, msisdn, Intent.OTHER.value, note=note))
+            else:
+                match = self._matcher.match(mo.short_code, mo.text)
+                plans.append(_Plan(mo, mo_id, msisdn, match.intent.value, match=match))
+        return plans
 
-    async def _apply(
-        self, conn: asyncpg.Connection, mo: AssembledMo, msisdn: str, mo_id: int, match: Match, cfg: ShortCodeKeywords
-    ) -> str | None:
-        """Record the consent effect of the keyword; return the reply text (None: no reply)."""
-        sc, kw, text = mo.short_code, match.keyword, mo.text
-        if match.intent is Intent.OPT_OUT:
-            newly_out = await conn.fetchval(sql.OPT_OUT, sc, msisdn, kw, text, mo_id)
+    async def _store(self, conn: asyncpg.Connection, plans: list[_Plan]) -> None:
+        await conn.execute(
+            sql.INSERT_MOS,
+            [p.mo_id for p in plans],
+            [p.mo.smsc for p in plans],
+            [p.mo.source for p in plans],
+            [p.mo.short_code for p in plans],
+            [p.mo.text for p in plans],
+            [p.mo.data_coding for p in plans],
+            [p.mo.esm_class for p in plans],
+            [p.mo.raw for p in plans],
+            [p.mo.received_at for p in plans],
+            [p.msisdn for p in plans],
+            [p.mo.parts for p in plans],
+            [p.mo.incomplete for p in plans],
+            [p.intent for p in plans],
+            [p.match.keyword if p.match else None for p in plans],
+            [p.match.list_name if p.match else None for p in plans],
+            [p.note for p in plans],
+        )
+
+    async def _apply(self, conn: asyncpg.Connection, plans: list[_Plan]) -> None:
+        """Record consent effects and enqueue replies, in rounds that keep each number's messages in order."""
+        actionable = [p for p in plans if p.match is not None]
+        rounds: list[list[_Plan]] = []
+        depth: dict[str, int] = {}
+        for p in actionable:
+            k = depth.get(p.msisdn or "", 0)
+            depth[p.msisdn or ""] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(p)
+        for batch in rounds:
+            await self._apply_round(conn, batch)
+
+    async def _apply_round(self, conn: asyncpg.Connection, plans: list[_Plan]) -> None:
+        opt_outs = [p for p in plans if p.intent == Intent.OPT_OUT]
+        helps = [p for p in plans if p.intent == Intent.HELP]
+        joins = [(p, p.match.list_name) for p in plans if p.intent in (Intent.OPT_IN, Intent.JOIN) and p.match]
+        leaves: list[tuple[_Plan, str]] = []
+        for p in plans:
+            custom = p.match.custom if p.match is not None and p.intent == Intent.CUSTOM else None
+            if custom is not None and custom.join:
+                joins.append((p, custom.join))
+            if custom is not None and custom.leave:
+                leaves.append((p, custom.leave))
+        newly_out: dict[int, bool] = {}
+        if opt_outs:
+            for r in await conn.fetch(sql.OPT_OUT_MANY, *_consent_columns(opt_outs)):
+                newly_out[opt_outs[r["i"] - 1].mo_id] = r["changed"]
+        if helps:
+            await conn.execute(sql.HELP_MANY, *_consent_columns(helps))
+        if joins:
+            await conn.execute(sql.OPT_IN_MANY, *_list_columns(joins))
+        if leaves:
+            await conn.execute(sql.LEAVE_MANY, *_list_columns(leaves))
+        replies: list[tuple[_Plan, str]] = []
+        for p in plans:
+            assert p.match is not None
+            if p.match.custom is not None and p.match.custom.forward_only:
+                continue
+            cfg = self._matcher.config_for(p.mo.short_code)
             # One confirmation only: a STOP from a number already opted out gets none (unless configured).
-            return reply_for(cfg, match, already_opted_out=not newly_out)
-        if match.intent is Intent.HELP:
-            await conn.execute(sql.HELP_EVENT, msisdn, sc, kw, text, mo_id)
-        elif match.intent in (Intent.OPT_IN, Intent.JOIN):
-            await conn.fetchval(sql.OPT_IN, sc, msisdn, match.list_name, kw, text, mo_id)
-        elif match.intent is Intent.CUSTOM and match.custom is not None:
-            if match.custom.join:
-                await conn.fetchval(sql.OPT_IN, sc, msisdn, match.custom.join, kw, text, mo_id)
-            if match.custom.leave:
-                await conn.fetchval(sql.LEAVE_LIST, sc, msisdn, match.custom.leave, kw, text, mo_id)
-            if match.custom.forward_only:
-                return None
-        return reply_for(cfg, match)
+            text = reply_for(cfg, p.match, already_opted_out=not newly_out.get(p.mo_id, True))
+            if text:
+                replies.append((p, text))
+        if replies:
+            await conn.execute(
+                sql.ENQUEUE_REPLIES,
+                [p.mo.short_code for p, _ in replies],
+                ["+" + (p.msisdn or "") for p, _ in replies],
+                [text for _, text in replies],
+                self._settings.reply_priority,
+                [p.mo_id for p, _ in replies],
+                [p.intent == Intent.OPT_OUT for p, _ in replies],
+            )
 
-    async def _store(
-        self,
-        conn: asyncpg.Connection,
-        mo: AssembledMo,
-        msisdn: str | None,
-        intent: str,
-        keyword: str | None,
-        list_name: str | None,
-        note: str | None,
-    ) -> int:
-        mo_id: int = await conn.fetchval(
-            sql.INSERT_MO, mo.smsc, mo.source, mo.short_code, mo.text, mo.data_coding, mo.esm_class, mo.raw,
-            mo.received_at, msisdn, mo.parts, mo.incomplete, intent, keyword, list_name, note,
-        )
-        return mo_id
+
+@dataclass(slots=True)
+class _Plan:
+    mo: AssembledMo
+    mo_id: int
+    msisdn: str | None
+    intent: str
+    match: Match | None = None
+    note: str | None = None
+
+
+def _consent_columns(plans: list[_Plan]) -> list[list[object]]:
+    return [
+        [p.mo.short_code for p in plans],
+        [p.msisdn for p in plans],
+        [p.match.keyword if p.match else None for p in plans],
+        [p.mo.text for p in plans],
+        [p.mo_id for p in plans],
+    ]
+
+
+def _list_columns(items: list[tuple[_Plan, str | None]]) -> list[list[object]]:
+    return [
+        [p.mo.short_code for p, _ in items],
+        [p.msisdn for p, _ in items],
+        [list_name for _, list_name in items],
+        [p.match.keyword if p.match else None for p, _ in items],
+        [p.mo.text for p, _ in items],
+        [p.mo_id for p, _ in items],
+    ]

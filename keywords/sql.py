@@ -7,50 +7,79 @@ from __future__ import annotations
 # timeout (assembled incomplete). The parts are deleted in the handling transaction: a rollback keeps them.
 TAKE_GROUPS = """
 WITH groups AS (
-    SELECT smsc, source, destination, ref, total
+    -- A single-part MO is a group of its own (single_id), however many the same number sent.
+    SELECT smsc, source, destination, ref, total, CASE WHEN total = 1 THEN id END AS single_id
     FROM mo_part
-    GROUP BY smsc, source, destination, ref, total
+    GROUP BY smsc, source, destination, ref, total, CASE WHEN total = 1 THEN id END
     HAVING count(*) >= total OR min(received_at) < now() - make_interval(secs => $1)
     ORDER BY min(received_at)
     LIMIT $2
 )
 DELETE FROM mo_part p USING groups g
 WHERE p.smsc = g.smsc AND p.source = g.source AND p.destination = g.destination AND p.ref = g.ref
-  AND p.total = g.total
-RETURNING p.smsc, p.source, p.destination, p.ref, p.total, p.seq, p.data_coding, p.esm_class, p.payload,
+  AND p.total = g.total AND (g.single_id IS NULL OR p.id = g.single_id)
+RETURNING p.id, p.smsc, p.source, p.destination, p.ref, p.total, p.seq, p.data_coding, p.esm_class, p.payload,
           p.received_at
 """
 
-# $1 dedup window (s). A message identical to one received within the window (the SMSC re-sent it because
-# our ack was lost) is stored as a duplicate and not handled again.
-FIND_DUPLICATE = """
-SELECT id FROM inbound_message
-WHERE smsc = $1 AND source = $2 AND destination = $3 AND body = $4
-  AND received_at > now() - make_interval(secs => $5) AND intent IS DISTINCT FROM 'duplicate'
-LIMIT 1
+# $5 dedup window (s). Messages identical to one received within the window (the SMSC re-sent it because
+# our ack was lost) are stored as duplicates and not handled again. One lookup for the whole batch.
+FIND_DUPLICATES = """
+SELECT t.i, (SELECT m.id FROM inbound_message m
+             WHERE m.smsc = t.smsc AND m.source = t.source AND m.destination = t.destination AND m.body = t.body
+               AND m.received_at > now() - make_interval(secs => $5) AND m.intent IS DISTINCT FROM 'duplicate'
+             LIMIT 1) AS original
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(smsc, source, destination, body, i)
 """
 
-INSERT_MO = """
-INSERT INTO inbound_message (smsc, source, destination, body, data_coding, esm_class, raw_short_message,
+NEXT_INBOUND_IDS = "SELECT nextval(pg_get_serial_sequence('inbound_message', 'id')) FROM generate_series(1, $1)"
+
+INSERT_MOS = """
+INSERT INTO inbound_message (id, smsc, source, destination, body, data_coding, esm_class, raw_short_message,
                              received_at, short_code, msisdn, parts, incomplete, intent, keyword, list_name,
                              handled_at, note)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $3, $9, $10, $11, $12, $13, $14, now(), $15)
-RETURNING id
+SELECT id, smsc, source, destination, body, data_coding, esm_class, raw, received_at, destination, msisdn, parts,
+       incomplete, intent, keyword, list_name, now(), note
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::smallint[], $7::smallint[],
+            $8::bytea[], $9::timestamptz[], $10::text[], $11::smallint[], $12::boolean[], $13::text[], $14::text[],
+            $15::text[], $16::text[])
+    AS t(id, smsc, source, destination, body, data_coding, esm_class, raw, received_at, msisdn, parts,
+         incomplete, intent, keyword, list_name, note)
 """
 
-OPT_OUT = "SELECT smsgw_opt_out($1, $2, 'sms', $3, $4, $5)"
-OPT_IN = "SELECT smsgw_opt_in($1, $2, $3, 'sms', $4, $5, $6)"
-LEAVE_LIST = "SELECT smsgw_leave_list($1, $2, $3, 'sms', $4, $5, $6)"
-HELP_EVENT = """
+# Consent effects, one statement per kind for a round of MOs (at most one MO per number in a round, so the
+# order of a number's own messages is kept across rounds). Each row runs the same function other services call.
+OPT_OUT_MANY = """
+SELECT t.i, smsgw_opt_out(t.short_code, t.msisdn, 'sms', t.keyword, t.body, t.mo_id) AS changed
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) WITH ORDINALITY
+    AS t(short_code, msisdn, keyword, body, mo_id, i)
+ORDER BY t.i
+"""
+OPT_IN_MANY = """
+SELECT t.i, smsgw_opt_in(t.short_code, t.msisdn, t.list_name, 'sms', t.keyword, t.body, t.mo_id) AS changed
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) WITH ORDINALITY
+    AS t(short_code, msisdn, list_name, keyword, body, mo_id, i)
+ORDER BY t.i
+"""
+LEAVE_MANY = """
+SELECT t.i, smsgw_leave_list(t.short_code, t.msisdn, t.list_name, 'sms', t.keyword, t.body, t.mo_id) AS changed
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) WITH ORDINALITY
+    AS t(short_code, msisdn, list_name, keyword, body, mo_id, i)
+ORDER BY t.i
+"""
+HELP_MANY = """
 INSERT INTO consent_event (msisdn, short_code, action, channel, keyword, message_text, inbound_message_id)
-VALUES ($1, $2, 'help', 'sms', $3, $4, $5)
+SELECT msisdn, short_code, 'help', 'sms', keyword, body, mo_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) AS t(short_code, msisdn, keyword, body, mo_id)
 """
 
 # Replies go through the outbound queue like any message: high priority, linked to their MO.
-ENQUEUE_REPLY = """
+ENQUEUE_REPLIES = """
 INSERT INTO outbound_message (source, destination, body, priority, message_class, inbound_message_id,
                               is_opt_out_confirmation)
-VALUES ($1, $2, $3, $4, 'transactional', $5, $6)
+SELECT source, destination, body, $4, 'transactional', mo_id, stop_confirmation
+FROM unnest($1::text[], $2::text[], $3::text[], $5::bigint[], $6::boolean[])
+    AS t(source, destination, body, mo_id, stop_confirmation)
 """
 
 SYNC_LIST = """

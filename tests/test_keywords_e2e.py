@@ -17,8 +17,11 @@ from pg import listening
 
 from gateway.db.embedded import EmbeddedPostgres
 from gateway.db.migrate import migrate
-from gateway.settings import Settings, load_settings
+from gateway.settings import InboundSettings, Settings, load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
+from keywords.config import ShortCodeKeywords
+from keywords.matcher import KeywordMatcher
+from keywords.processor import MoProcessor
 
 SC = "12345"
 PHRASES_SC = "55555"  # same programme, honours "stop please"-style phrases
@@ -314,3 +317,22 @@ async def test_marketing_needs_an_active_subscription(db_pool: asyncpg.Pool, db_
         await wait_final(db_pool, timeout=10)
     row = await db_pool.fetchrow("SELECT status, reason FROM outbound_message")
     assert dict(row) == {"status": "rejected", "reason": "not_subscribed"}
+
+
+async def test_stop_then_start_from_one_number_in_one_batch_keep_their_order(db_pool: asyncpg.Pool) -> None:
+    cfg = ShortCodeKeywords(**KEYWORDS)
+    processor = MoProcessor(db_pool, KeywordMatcher({SC: cfg}, cfg), InboundSettings(), default_region="US")
+    await processor.sync_lists({SC: cfg})
+    # Two single-part MOs from the same number, committed before the processor runs: both are kept.
+    for text in (b"STOP", b"START"):
+        await db_pool.execute(
+            "INSERT INTO mo_part (smsc, source, destination, data_coding, esm_class, payload)"
+            " VALUES ('sim', '15550000090', $1, 0, 0, $2)",
+            SC,
+            text,
+        )
+    assert await processor.process_batch() == 2
+    assert await db_pool.fetchval("SELECT count(*) FROM opt_out") == 0
+    assert await db_pool.fetchval("SELECT status FROM subscription WHERE msisdn = '15550000090'") == "active"
+    actions = [r["action"] for r in await db_pool.fetch("SELECT action FROM consent_event ORDER BY id")]
+    assert actions == ["opt_out", "opt_in"]

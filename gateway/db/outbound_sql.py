@@ -83,12 +83,12 @@ WHERE NOT EXISTS (
 )
 """
 
-# Re-sent parts (same identity, not yet assembled) are stored once.
+# Re-sent parts of a concatenated MO (same identity, not yet assembled) are stored once.
 INSERT_MO_PARTS = """
 INSERT INTO mo_part (smsc, source, destination, ref, total, seq, data_coding, esm_class, payload)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::smallint[], $6::smallint[],
                      $7::smallint[], $8::smallint[], $9::bytea[])
-ON CONFLICT (smsc, source, destination, ref, total, seq) DO NOTHING
+ON CONFLICT (smsc, source, destination, ref, total, seq) WHERE total > 1 DO NOTHING
 """
 
 INSERT_INBOUND = """

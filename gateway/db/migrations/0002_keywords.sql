@@ -15,8 +15,9 @@ CREATE TABLE mo_part (
     payload       bytea       NOT NULL,            -- user data without the UDH
     received_at   timestamptz NOT NULL DEFAULT now()
 );
--- A part the SMSC sends again before its group is assembled is stored once.
-CREATE UNIQUE INDEX mo_part_identity_idx ON mo_part (smsc, source, destination, ref, total, seq);
+-- A part of a concatenated MO that the SMSC sends again before its group is assembled is stored once.
+-- Single-part MOs have no identity of their own (two "STOP"s are two messages); content dedup handles them.
+CREATE UNIQUE INDEX mo_part_identity_idx ON mo_part (smsc, source, destination, ref, total, seq) WHERE total > 1;
 CREATE INDEX mo_part_received_idx ON mo_part (received_at);
 
 ALTER TABLE inbound_message
