@@ -79,6 +79,41 @@ def migrate(config_path: Path | None) -> None:
     click.echo("applied: " + ", ".join(applied) if applied else "database is up to date")
 
 
+@main.command()
+@_config_option
+@click.option("--short-code", required=True, help="the short code the list belongs to")
+@click.option("--list", "list_name", required=True, help="subscriber list name")
+@click.option("--body", required=True, help="message text")
+@click.option("--campaign", "campaign_key", required=True, help="campaign key: a second call with it adds nothing")
+def broadcast(config_path: Path | None, short_code: str, list_name: str, body: str, campaign_key: str) -> None:
+    """Enqueue a marketing message to every active subscriber of a list (opted-out numbers skipped)."""
+    import asyncpg
+
+    from keywords import sql
+
+    settings = _load(config_path)
+    try:
+        dsn = settings.database.resolved_url()
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+
+    async def go() -> int:
+        conn = await asyncpg.connect(dsn, timeout=30)
+        try:
+            count: int = await conn.fetchval(sql.BROADCAST, short_code, list_name, body, campaign_key, timeout=600)
+            return count
+        finally:
+            await conn.close()
+
+    try:
+        count = uvloop.run(go())
+    except asyncpg.PostgresError as exc:
+        click.echo(f"broadcast failed: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"enqueued {count} messages for campaign {campaign_key!r} (list {list_name!r}, short code {short_code})")
+
+
 @main.command("simulate-smsc")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=2775, show_default=True, type=int)

@@ -126,8 +126,9 @@ def test_password_longer_than_smpp_allows_is_a_config_error(tmp_path: Path) -> N
 async def test_metrics_endpoint_serves_the_basic_set(db_pool: asyncpg.Pool, db_dsn: str) -> None:
     async with SmscSimulator(SimulatorConfig(receipt_delay=0.01)) as sim:
         settings = settings_for(db_dsn, sim)
-        settings = settings.model_copy(update={"metrics": settings.metrics.model_copy(update={"enabled": True,
-                                                                                           "port": 0})})
+        settings = settings.model_copy(
+            update={"metrics": settings.metrics.model_copy(update={"enabled": True, "port": 0})}
+        )
         await enqueue(db_pool, 10)
         async with running_gateway(settings) as gw:
             await wait_status(db_pool, "delivered", 10, timeout=20)
@@ -148,3 +149,32 @@ async def test_metrics_endpoint_serves_the_basic_set(db_pool: asyncpg.Pool, db_d
 def test_example_configs_load(name: str) -> None:
     settings = load_settings(Path(__file__).resolve().parent.parent / "config" / name)
     assert settings.smsc
+
+
+async def test_broadcast_cli_is_idempotent(db_pool: asyncpg.Pool, db_dsn: str, tmp_path: Path) -> None:
+    await db_pool.execute("INSERT INTO subscriber_list (short_code, name, program) VALUES ('12345', 'news', 'N')")
+    await db_pool.execute(
+        "INSERT INTO subscription (short_code, list_name, msisdn, status) SELECT '12345', 'news',"
+        " (15550001000 + g)::text, 'active' FROM generate_series(1, 50) g"
+    )
+    await db_pool.execute("SELECT smsgw_opt_out('12345', '15550001001')")
+    config = tmp_path / "gw.toml"
+    config.write_text(f'[database]\nurl = "{db_dsn}"\n')
+    args = [
+        SMSGW,
+        "broadcast",
+        "--config",
+        str(config),
+        "--short-code",
+        "12345",
+        "--list",
+        "news",
+        "--body",
+        "News!",
+        "--campaign",
+        "c1",
+    ]
+    first = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60)
+    second = await asyncio.to_thread(subprocess.run, args, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "enqueued 49 messages" in first.stdout, first.stderr
+    assert "enqueued 0 messages" in second.stdout
