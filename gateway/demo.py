@@ -76,6 +76,15 @@ async def run_demo(*, duration: float | None, messages: int, rate: float, metric
                 }
             },
             metrics={"port": metrics_port},
+            keywords={
+                "12345": {
+                    "program": "Demo Alerts",
+                    "contact": "help@demo.example",
+                    "frequency": "Up to 4 msgs/week",
+                    "lists": [{"name": "news", "program": "Demo News", "join_keywords": ["NEWS"],
+                               "frequency": "2 msgs/week"}],
+                }
+            },
             log_format="text",
             log_level="WARNING",
         )
@@ -87,6 +96,10 @@ async def run_demo(*, duration: float | None, messages: int, rate: float, metric
             run_id = str(int(loop.time() * 1000))
             await conn.execute(ENQUEUE, *_samples(messages, run_id))
             print(f"enqueued {messages + 3} messages with plain SQL (3 deliberately bad); Ctrl-C to stop")
+            # Phones texting the short code: each MO is stored, its keyword handled, the reply queued.
+            for number, text in (("12025550900", "JOIN NEWS"), ("12025550901", "help"), ("12025550902", "Stop.")):
+                await sim.inject_mo(number, "12345", text)
+            print("3 phones texted the short code: JOIN NEWS, help, Stop.")
             deadline = None if duration is None else loop.time() + duration
             counts: dict[str, int] = {}
             while not stop.is_set():
@@ -108,6 +121,13 @@ async def run_demo(*, duration: float | None, messages: int, rate: float, metric
                 "SELECT status, reason, count(*) FROM outbound_message "
                 "WHERE status NOT IN ('delivered', 'queued', 'submitted') GROUP BY 1, 2 ORDER BY 3 DESC"
             )
+            mos = await conn.fetch("SELECT source, body, intent FROM inbound_message ORDER BY id")
+            replies = dict(
+                await conn.fetch(  # type: ignore[arg-type]
+                    "SELECT i.source, o.body FROM outbound_message o"
+                    " JOIN inbound_message i ON i.id = o.inbound_message_id"
+                )
+            )
         finally:
             await conn.close()
         total = sum(counts.values())
@@ -119,6 +139,9 @@ async def run_demo(*, duration: float | None, messages: int, rate: float, metric
         )
         for r in reasons:
             print(f"  {r['status']:<13} {r['reason']}: {r['count']}")
+        for m in mos:
+            reply = replies.get(m["source"], "(none)")
+            print(f"MO from {m['source']} {m['body']!r} -> {m['intent']}; reply: {reply!r}")
         return 0
     finally:
         if gw is not None:
