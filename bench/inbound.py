@@ -135,6 +135,8 @@ async def main() -> int:
             c1 = proc.cpu_times()
             burst_cpu = (c1.user + c1.system) - (c0.user + c0.system)
             statuses = dict(await conn.fetch("SELECT intent, count(*) FROM inbound_message GROUP BY 1"))
+            sim_stats = {"redeliveries": sim.stats.redeliveries, "deliver_timeouts": sim.stats.deliver_timeouts,
+                         "mos_acked": sim.stats.mos_acked}
             replies = await conn.fetchval("SELECT count(*) FROM outbound_message WHERE inbound_message_id IS NOT NULL")
             gw.terminate()
             exit_code = await asyncio.to_thread(gw.wait, 30)
@@ -153,6 +155,7 @@ async def main() -> int:
             "intents": statuses,
             "replies_enqueued": replies,
             "gateway_exit_code": exit_code,
+            "simulator": sim_stats,
             "settings": {
                 "mix": MIX, "binds": 1, "window": 100, "cpus": os.cpu_count(), "simulator": "in the benchmark process",
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -3,21 +3,27 @@
 
 from __future__ import annotations
 
-# $1 reassembly timeout (s), $2 max groups. Complete groups, and groups whose first part is older than the
-# timeout (assembled incomplete). The parts are deleted in the handling transaction: a rollback keeps them.
+# $1 reassembly timeout (s), $2 max messages of each kind. Single-part MOs (each its own message, however many
+# one number sent), complete groups of parts, and groups whose first part is older than the timeout (assembled
+# incomplete). The parts are deleted in the handling transaction: a rollback keeps them.
 TAKE_GROUPS = """
-WITH groups AS (
-    -- A single-part MO is a group of its own (single_id), however many the same number sent.
-    SELECT smsc, source, destination, ref, total, CASE WHEN total = 1 THEN id END AS single_id
+WITH singles AS (
+    SELECT id FROM mo_part WHERE total = 1 ORDER BY id LIMIT $2
+), groups AS (
+    SELECT smsc, source, destination, ref, total
     FROM mo_part
-    GROUP BY smsc, source, destination, ref, total, CASE WHEN total = 1 THEN id END
+    WHERE total > 1
+    GROUP BY smsc, source, destination, ref, total
     HAVING count(*) >= total OR min(received_at) < now() - make_interval(secs => $1)
     ORDER BY min(received_at)
     LIMIT $2
+), chosen AS (
+    SELECT id FROM singles
+    UNION ALL
+    SELECT p.id FROM mo_part p JOIN groups g USING (smsc, source, destination, ref, total)
 )
-DELETE FROM mo_part p USING groups g
-WHERE p.smsc = g.smsc AND p.source = g.source AND p.destination = g.destination AND p.ref = g.ref
-  AND p.total = g.total AND (g.single_id IS NULL OR p.id = g.single_id)
+DELETE FROM mo_part p USING chosen c
+WHERE p.id = c.id
 RETURNING p.id, p.smsc, p.source, p.destination, p.ref, p.total, p.seq, p.data_coding, p.esm_class, p.payload,
           p.received_at
 """
