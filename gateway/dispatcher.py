@@ -32,9 +32,13 @@ from gateway.smpp.codec import PduEncodeError
 from gateway.smpp.pdu import BindTransceiver, GenericNack, Pdu, SubmitSm, SubmitSmResp, status_name
 from gateway.smpp.receipt import msgid_key
 from keywords import sql as consent_sql
-from throughput import TokenBucket
+from throughput import AdaptiveRate, TokenBucket
 
 log = logging.getLogger(__name__)
+
+# Scheduler lag the pacing buckets forgive (see throughput.token_bucket): keeps 1-second counts exact at
+# high rates; at most a few extra sends back to back after a late wake-up.
+PACING_CATCH_UP = 0.01
 
 
 @dataclass(slots=True)
@@ -51,12 +55,10 @@ class BindWorker:
         self.d = dispatcher
         self.name = f"{dispatcher.name}-{index}"
         smsc = dispatcher.smsc
-        self.bucket = TokenBucket(smsc.tps / smsc.binds if smsc.tps else 0.0)
+        self.bucket = TokenBucket(smsc.bind_tps, smsc.burst, catch_up=PACING_CATCH_UP)
         self.conn: SmppConnection | None = None
         self._wake = asyncio.Event()
         self._stopping = False
-        self._paused_until = 0.0
-        self._throttle_pause = 0.0
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -142,10 +144,8 @@ class BindWorker:
                 await self._sleep(1.0)
                 continue
             now = loop.time()
-            if self._paused_until > now:
-                await self._sleep(self._paused_until - now)
-                continue
-            delay = self.bucket.delay(now)
+            # The bind's own limit and the account's (shared by its binds and split between instances).
+            delay = max(self.bucket.delay(now), d.account_bucket.delay(now))
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
@@ -154,6 +154,7 @@ class BindWorker:
                 await d.wait_ready(1.0)
                 continue
             self.bucket.take(now)
+            d.account_bucket.take(now)
             try:
                 fut = conn.send_request(item.pdu)
             except (smpp_session.NotBoundError, smpp_session.WindowFullError):
@@ -165,14 +166,6 @@ class BindWorker:
             fut.add_done_callback(partial(d.on_response, item, self, now))
             if d.ready_count == 0 or not conn.can_submit:
                 await asyncio.sleep(0)  # let responses in before the next batch
-
-    def throttled(self, now: float) -> None:
-        """The SMSC said slow down: pause this bind, doubling the pause while it keeps saying so."""
-        self._throttle_pause = min(max(self._throttle_pause * 2, 0.1), 5.0)
-        self._paused_until = now + self._throttle_pause
-
-    def accepted(self) -> None:
-        self._throttle_pause = 0.0
 
     def stop_sending(self) -> None:
         """Send nothing more; the connection stays up for responses and receipts until `stop`."""
@@ -211,6 +204,10 @@ class SmscDispatcher:
         self.writer = writer
         self.inbound = InboundHandler(name, smsc, writer)
         self.ssl_context = ssl.create_default_context(cafile=smsc.tls_ca_file) if smsc.tls else None
+        self.instances = 1
+        self.adaptive = AdaptiveRate(smsc.tps)
+        self.account_bucket = TokenBucket(smsc.tps, smsc.burst, catch_up=PACING_CATCH_UP)
+        metrics.EFFECTIVE_RATE.labels(name).set(smsc.tps)
         self.binds = [BindWorker(self, i) for i in range(smsc.binds)]
         self._ready: collections.deque[_Item] = collections.deque()
         self._ready_event = asyncio.Event()
@@ -352,7 +349,8 @@ class SmscDispatcher:
         metrics.SUBMIT_RTT.labels(self.name).observe(loop_now - sent_at)
         status = resp.command_status
         if status == 0 and isinstance(resp, SubmitSmResp):
-            bind.accepted()
+            if self.adaptive.accepted(loop_now):
+                self._apply_rate(loop_now)
             metrics.SUBMITTED.labels(self.name).inc()
             self.writer.mark_submitted(
                 msg.id, item.token, self.name, resp.message_id,
@@ -363,14 +361,34 @@ class SmscDispatcher:
             status = 0x08 if not isinstance(resp, GenericNack) else 0xFF
         metrics.SUBMIT_ERRORS.labels(self.name, status_name(status)).inc()
         if status in THROTTLE_STATUSES and status in self.smsc.transient_statuses:
-            # Not a failure: slow this bind down and send the same claim again.
-            bind.throttled(loop_now)
+            # Not a failure: slow the account down (AIMD) and send the same claim again.
+            if self.adaptive.throttled(loop_now):
+                self._apply_rate(loop_now)
+                rate = round(self.adaptive.rate, 1)
+                log.info("throttled by SMSC; rate lowered", extra={"smsc": self.name, "rate": rate})
             self.push_front(item)
             return
         if status in self.smsc.transient_statuses:
             self._retry(item, status, status_name(status), bind)
             return
         self.writer.settle(msg.id, item.token, "failed", error_code=status, reason=status_name(status), bind=bind.name)
+
+    def _apply_rate(self, now: float) -> None:
+        self.account_bucket.set_rate(self.adaptive.rate, now)
+        metrics.EFFECTIVE_RATE.labels(self.name).set(self.adaptive.rate)
+
+    def set_instances(self, live: int) -> None:
+        """Split the account rate between the live gateway instances serving this SMSC."""
+        live = max(1, live)
+        if live == self.instances or not self.smsc.tps:
+            return
+        self.instances = live
+        now = asyncio.get_running_loop().time()
+        share = self.smsc.tps / live
+        self.adaptive.ceiling = share
+        self.adaptive.rate = min(self.adaptive.rate or share, share)
+        self._apply_rate(now)
+        log.info("account rate split", extra={"smsc": self.name, "instances": live, "rate": share})
 
     def _retry(self, item: _Item, status: int | None, reason: str, bind: BindWorker, immediate: bool = False) -> None:
         msg = item.msg

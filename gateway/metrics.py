@@ -30,6 +30,9 @@ SUBMIT_RTT = Histogram(
 )
 BIND_UP = Gauge("smsgw_bind_up", "1 when the bind is bound", ["smsc", "bind"])
 QUEUE_DEPTH = Gauge("smsgw_queue_depth", "rows by non-final status", ["status"])
+EFFECTIVE_RATE = Gauge(
+    "smsgw_effective_rate", "current account send rate after adaptive back-off (0 = no limit)", ["smsc"]
+)
 FLUSH_ERRORS = Counter("smsgw_db_flush_errors", "result flushes that failed and will be retried")
 
 

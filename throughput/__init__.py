@@ -1,5 +1,6 @@
-"""Rate limiting and flow control: token buckets per bind (account rate split over binds)."""
+"""Rate limiting and flow control: token buckets (smooth pacing), adaptive back-off on throttling."""
 
+from throughput.adaptive import AdaptiveRate
 from throughput.token_bucket import TokenBucket
 
-__all__ = ["TokenBucket"]
+__all__ = ["AdaptiveRate", "TokenBucket"]
