@@ -81,7 +81,8 @@ class Gateway:
         for disp in self.dispatchers:
             disp.start()
         self._tasks.append(asyncio.create_task(self._listen(dsn), name="notify-listener"))
-        self._tasks.append(asyncio.create_task(maintenance.run_forever(self.pool, d), name="maintenance"))
+        upkeep = maintenance.run_forever(self.pool, d, self.dispatchers)
+        self._tasks.append(asyncio.create_task(upkeep, name="maintenance"))
         if s.metrics.enabled:
             self._metrics_server, _ = metrics.serve_metrics(s.metrics.host, s.metrics.port)
         log.info("gateway started", extra={"smscs": list(s.smsc), "instance": d.instance})
@@ -151,6 +152,10 @@ class Gateway:
                 log.warning("final MO batch failed; parts stay stored", extra={"error": str(exc)})
             await self.mo_processor.stop()
         if self.pool is not None:
+            try:  # the other instances take over this one's share of the account rates at once
+                await self.pool.execute(sql.LEAVE_INSTANCE, self.settings.dispatcher.instance, timeout=5)
+            except Exception as exc:
+                log.warning("could not deregister instance", extra={"error": str(exc)})
             await asyncio.wait_for(self.pool.close(), timeout)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()

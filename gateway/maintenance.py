@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -15,7 +17,22 @@ from gateway import metrics
 from gateway.db import outbound_sql as sql
 from gateway.settings import DispatcherSettings
 
+if TYPE_CHECKING:
+    from gateway.dispatcher import SmscDispatcher
+
 log = logging.getLogger(__name__)
+
+
+async def heartbeat(pool: asyncpg.Pool, settings: DispatcherSettings, dispatchers: Sequence[SmscDispatcher]) -> None:
+    """Record this instance as live and split each account's rate by the live instances serving it."""
+    if not dispatchers:
+        return
+    names = [d.name for d in dispatchers]
+    stale_after = 3 * settings.maintenance_interval + 5
+    rows = await pool.fetch(sql.HEARTBEAT, settings.instance, names, stale_after, timeout=30)
+    live = {r["smsc"]: r["live"] for r in rows}
+    for d in dispatchers:
+        d.set_instances(live.get(d.name, 1))
 
 
 async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str, int]:
@@ -27,6 +44,7 @@ async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str
         "dropped_parked": _count(
             await pool.execute(sql.DROP_OLD_PARKED, max(1, round(settings.parked_receipt_days)), timeout=30)
         ),
+        "dropped_instances": _count(await pool.execute(sql.DROP_STALE_INSTANCES, timeout=30)),
     }
     depth = {"queued": 0, "claimed": 0, "submitted": 0}
     for status, count in await pool.fetch(sql.QUEUE_DEPTH, timeout=30):
@@ -36,10 +54,13 @@ async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str
     return touched
 
 
-async def run_forever(pool: asyncpg.Pool, settings: DispatcherSettings) -> None:
+async def run_forever(
+    pool: asyncpg.Pool, settings: DispatcherSettings, dispatchers: Sequence[SmscDispatcher] = ()
+) -> None:
     """Every `maintenance_interval` seconds until cancelled; database errors are logged, never fatal."""
     while True:
         try:
+            await heartbeat(pool, settings, dispatchers)
             touched = await run_once(pool, settings)
             if any(touched.values()):
                 log.info("maintenance", extra=touched)

@@ -3,6 +3,8 @@ the exact figures are in bench/pacing.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import pytest
 from gw import enqueue, running_gateway, settings_for, wait_status
@@ -47,3 +49,19 @@ async def test_throttling_converges_below_the_smsc_limit_without_failures(db_poo
     assert throttled > 0
     # The effective rate came down from "unlimited" to the neighbourhood of the SMSC's limit.
     assert 20 <= rate <= 260, rate
+
+
+async def test_two_instances_split_the_account_rate(db_pool: asyncpg.Pool, db_dsn: str) -> None:
+    async with SmscSimulator(SimulatorConfig(receipt_delay=0.01)) as sim:
+        base = settings_for(db_dsn, sim, tps=200)
+        first = base.model_copy(update={"dispatcher": base.dispatcher.model_copy(update={"instance": "gw-a"})})
+        second = base.model_copy(update={"dispatcher": base.dispatcher.model_copy(update={"instance": "gw-b"})})
+        async with running_gateway(first) as a, running_gateway(second) as b:
+            await sim.wait_for(lambda: a.dispatchers[0].instances == 2 and b.dispatchers[0].instances == 2, timeout=10)
+            assert a.dispatchers[0].account_bucket.rate == b.dispatchers[0].account_bucket.rate == 100
+        # Both deregistered when they stopped: a restarted gw-a is alone and keeps the whole rate.
+        assert await db_pool.fetchval("SELECT count(*) FROM gateway_instance") == 0
+        async with running_gateway(first) as a:
+            await asyncio.sleep(0.5)  # a few heartbeats
+            assert await db_pool.fetchval("SELECT array_agg(instance) FROM gateway_instance") == ["gw-a"]
+            assert a.dispatchers[0].instances == 1 and a.dispatchers[0].account_bucket.rate == 200

@@ -134,6 +134,23 @@ DROP_OLD_PARKED = """
 DELETE FROM pending_receipt WHERE received_at < now() - make_interval(days => $1::int)
 """
 
+# $1 instance, $2 SMSC names, $3 seconds after which an instance that stopped beating counts as gone.
+HEARTBEAT = """
+WITH beat AS (
+    INSERT INTO gateway_instance (instance, smsc, last_seen)
+    SELECT $1, s, now() FROM unnest($2::text[]) AS s
+    ON CONFLICT (instance, smsc) DO UPDATE SET last_seen = now()
+)
+SELECT smsc, count(*) + CASE WHEN bool_or(instance = $1) THEN 0 ELSE 1 END AS live
+FROM gateway_instance
+WHERE last_seen > now() - make_interval(secs => $3) AND smsc = ANY($2::text[])
+GROUP BY smsc
+"""
+
+DROP_STALE_INSTANCES = "DELETE FROM gateway_instance WHERE last_seen < now() - interval '1 day'"
+
+LEAVE_INSTANCE = "DELETE FROM gateway_instance WHERE instance = $1"
+
 QUEUE_DEPTH = """
 SELECT status, count(*) FROM outbound_message
 WHERE status IN ('queued', 'claimed', 'submitted') GROUP BY status
