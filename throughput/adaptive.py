@@ -24,14 +24,15 @@ class AdaptiveRate:
         "measured",
         "rate",
         "step",
+        "step_fraction",
     )
 
     def __init__(
         self,
         ceiling: float,
         *,
-        decrease: float = 0.7,
-        step_fraction: float = 0.05,
+        decrease: float = 0.8,
+        step_fraction: float = 0.03,
         floor: float = 1.0,
         hold: float = 1.0,
         now: float = 0.0,
@@ -43,6 +44,7 @@ class AdaptiveRate:
         self.decrease = decrease
         self.floor = floor
         self.hold = hold  # seconds between two decreases: one burst of throttles is one congestion signal
+        self.step_fraction = step_fraction
         self.step = max(1.0, ceiling * step_fraction) if ceiling else 0.0
         self.measured = 0.0  # accepted submits per second over the last full measuring second
         self._accepted = 0
@@ -59,7 +61,9 @@ class AdaptiveRate:
     def _accepted_rate(self, now: float) -> float:
         if self.measured:
             return self.measured
-        return self._accepted / max(now - self._window_start, 0.1)
+        # No full second measured yet: count over at least one second, or a burst accepted in the first
+        # milliseconds would read as a huge rate.
+        return self._accepted / max(now - self._window_start, 1.0)
 
     def throttled(self, now: float) -> bool:
         """The SMSC said slow down. Returns True when the rate was lowered (at most once per `hold`)."""
@@ -68,8 +72,8 @@ class AdaptiveRate:
         accepted = self._accepted_rate(now)
         current = min(self.rate, accepted) if self.rate and accepted else (self.rate or accepted)
         self.rate = max(self.floor, current * self.decrease)
-        if not self.step:
-            self.step = max(1.0, self.rate * 0.05)
+        if not self.ceiling:  # no configured rate to scale the probe by: scale it by where we are
+            self.step = max(1.0, self.rate * self.step_fraction)
         self._last_change = now
         return True
 
