@@ -14,7 +14,7 @@ import itertools
 import logging
 import random
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 
@@ -42,10 +42,23 @@ PACING_CATCH_UP = 0.01
 
 
 @dataclass(slots=True)
+class _Parts:
+    """Outcome of each part of a multi-part message; the row is settled once every part has answered."""
+
+    total: int
+    accepted: dict[int, tuple[str, str]] = field(default_factory=dict)  # seq -> (message id, key)
+    failed: dict[int, tuple[int | None, str, bool]] = field(default_factory=dict)  # seq -> (status, reason, retry)
+    settled: bool = False
+
+
+@dataclass(slots=True)
 class _Item:
+    """A claimed row ready to send: its parts still to send (seq, pdu), in order, on one bind."""
+
     msg: ClaimedMessage
-    pdu: SubmitSm
     token: str
+    parts: list[tuple[int, SubmitSm]]
+    group: _Parts | None = None  # None: a single-part message
 
 
 class BindWorker:
@@ -57,6 +70,7 @@ class BindWorker:
         smsc = dispatcher.smsc
         self.bucket = TokenBucket(smsc.bind_tps, smsc.burst, catch_up=PACING_CATCH_UP)
         self.conn: SmppConnection | None = None
+        self._current: _Item | None = None  # a multi-part message whose parts are being sent on this bind
         self._wake = asyncio.Event()
         self._stopping = False
         self.task: asyncio.Task[None] | None = None
@@ -149,21 +163,26 @@ class BindWorker:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            item = d.take()
+            item = self._current or d.take()
+            self._current = None
             if item is None:
                 await d.wait_ready(1.0)
                 continue
             self.bucket.take(now)
             d.account_bucket.take(now)
+            seq, pdu = item.parts[0]
             try:
-                fut = conn.send_request(item.pdu)
+                fut = conn.send_request(pdu)
             except (smpp_session.NotBoundError, smpp_session.WindowFullError):
                 d.push_front(item)
                 continue
             except PduEncodeError as exc:
-                d.writer.settle(item.msg.id, item.token, "rejected", reason=f"encode_error: {exc}")
+                d.part_failed(item, seq, None, f"encode_error: {exc}", retry=False, bind=self)
                 continue
-            fut.add_done_callback(partial(d.on_response, item, self, now))
+            fut.add_done_callback(partial(d.on_response, item, seq, pdu, self, now))
+            if len(item.parts) > 1:
+                # The next part goes next on this same bind, so the handset gets the parts in order.
+                self._current = _Item(item.msg, item.token, item.parts[1:], item.group)
             if d.ready_count == 0 or not conn.can_submit:
                 await asyncio.sleep(0)  # let responses in before the next batch
 
@@ -171,6 +190,10 @@ class BindWorker:
         """Send nothing more; the connection stays up for responses and receipts until `stop`."""
         self._stopping = True
         self._wake.set()
+        if self._current is not None:  # parts of a message left unsent: the message goes back to the queue
+            item, self._current = self._current, None
+            for seq, _ in item.parts:
+                self.d.part_failed(item, seq, None, "released_on_shutdown", retry=True, bind=self)
 
     async def stop(self, timeout: float) -> None:
         """Stop sending, unbind cleanly (bounded) and end the task."""
@@ -304,17 +327,18 @@ class SmscDispatcher:
         prepared: list[_Item] = []
         for token, record in rows:
             msg = ClaimedMessage.model_validate(dict(record))
-            result = prepare(msg, self.smsc, self.settings.default_region, now)
+            result = prepare(msg, self.smsc, self.settings.default_region, now, self.settings.max_segments)
             if isinstance(result, Rejection):
                 self._reject(msg, token, result)
                 continue
-            prepared.append(_Item(msg, result, token))
+            group = _Parts(len(result)) if len(result) > 1 else None
+            prepared.append(_Item(msg, token, list(enumerate(result, 1)), group))
         if not prepared:
             return
         checks = await self.pool.fetch(
             consent_sql.CONSENT_CHECK,
             [it.msg.source.strip() for it in prepared],
-            [it.pdu.destination_addr for it in prepared],
+            [it.parts[0][1].destination_addr for it in prepared],
             [it.msg.list_name for it in prepared],
             timeout=30,
         )
@@ -334,15 +358,17 @@ class SmscDispatcher:
 
     # -- responses -----------------------------------------------------------------------------------
 
-    def on_response(self, item: _Item, bind: BindWorker, sent_at: float, fut: asyncio.Future[Pdu]) -> None:
-        """Done-callback of one submit_sm future: turn the answer into a writer call."""
-        msg = item.msg
+    def on_response(
+        self, item: _Item, seq: int, pdu: SubmitSm, bind: BindWorker, sent_at: float, fut: asyncio.Future[Pdu]
+    ) -> None:
+        """Done-callback of one submit_sm future: turn the answer into a writer call (or a resend)."""
         exc = fut.exception()
         if exc is not None:
             metrics.SUBMIT_TIMEOUTS.labels(self.name).inc()
             # Ambiguous: the SMSC may have the message. The attempt is recorded; retry within max_attempts.
             reason = "response_timeout" if isinstance(exc, RequestTimeoutError) else "connection_lost"
-            self._retry(item, None, reason, bind, immediate=isinstance(exc, ConnectionClosedError))
+            self.part_failed(item, seq, None, reason, retry=True, bind=bind,
+                             immediate=isinstance(exc, ConnectionClosedError))
             return
         resp = fut.result()
         loop_now = asyncio.get_running_loop().time()
@@ -352,26 +378,65 @@ class SmscDispatcher:
             if self.adaptive.accepted(loop_now):
                 self._apply_rate(loop_now)
             metrics.SUBMITTED.labels(self.name).inc()
-            self.writer.mark_submitted(
-                msg.id, item.token, self.name, resp.message_id,
-                msgid_key(resp.message_id, self.smsc.submit_id_format), bind.name,
-            )
+            key = msgid_key(resp.message_id, self.smsc.submit_id_format)
+            if item.group is None:
+                self.writer.mark_submitted(item.msg.id, item.token, self.name, resp.message_id, key, bind.name)
+            else:
+                item.group.accepted[seq] = (resp.message_id, key)
+                self._settle_parts(item, bind)
             return
         if status == 0:  # generic_nack with status 0, or a wrong response type: treat as a system error
             status = 0x08 if not isinstance(resp, GenericNack) else 0xFF
         metrics.SUBMIT_ERRORS.labels(self.name, status_name(status)).inc()
         if status in THROTTLE_STATUSES and status in self.smsc.transient_statuses:
-            # Not a failure: slow the account down (AIMD) and send the same claim again.
+            # Not a failure: slow the account down (AIMD) and send the same part again.
             if self.adaptive.throttled(loop_now):
                 self._apply_rate(loop_now)
                 rate = round(self.adaptive.rate, 1)
                 log.info("throttled by SMSC; rate lowered", extra={"smsc": self.name, "rate": rate})
-            self.push_front(item)
+            self.push_front(_Item(item.msg, item.token, [(seq, pdu)], item.group))
             return
-        if status in self.smsc.transient_statuses:
-            self._retry(item, status, status_name(status), bind)
+        self.part_failed(item, seq, status, status_name(status), retry=status in self.smsc.transient_statuses,
+                         bind=bind)
+
+    def part_failed(
+        self,
+        item: _Item,
+        seq: int,
+        status: int | None,
+        reason: str,
+        *,
+        retry: bool,
+        bind: BindWorker,
+        immediate: bool = False,
+    ) -> None:
+        """One part (or the only one) was not accepted: retry the message later, or fail it."""
+        if item.group is not None:
+            item.group.failed[seq] = (status, reason, retry)
+            self._settle_parts(item, bind, immediate=immediate)
+        elif retry:
+            self._retry(item, status, reason, bind, immediate=immediate)
+        else:
+            self.writer.settle(item.msg.id, item.token, "failed", error_code=status, reason=reason, bind=bind.name)
+
+    def _settle_parts(self, item: _Item, bind: BindWorker, *, immediate: bool = False) -> None:
+        group = item.group
+        assert group is not None
+        if group.settled or len(group.accepted) + len(group.failed) < group.total:
             return
-        self.writer.settle(msg.id, item.token, "failed", error_code=status, reason=status_name(status), bind=bind.name)
+        group.settled = True
+        if not group.failed:
+            self.writer.mark_parts_submitted(
+                item.msg.id, item.token, self.name, group.total,
+                [(seq, mid, key) for seq, (mid, key) in sorted(group.accepted.items())], bind.name,
+            )
+            return
+        # The first failing part decides: a permanent error fails the message, else it is sent again whole.
+        status, reason, retry = group.failed[min(group.failed)]
+        if retry:
+            self._retry(item, status, reason, bind, immediate=immediate)
+        else:
+            self.writer.settle(item.msg.id, item.token, "failed", error_code=status, reason=reason, bind=bind.name)
 
     def _apply_rate(self, now: float) -> None:
         self.account_bucket.set_rate(self.adaptive.rate, now)

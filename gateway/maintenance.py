@@ -35,12 +35,21 @@ async def heartbeat(pool: asyncpg.Pool, settings: DispatcherSettings, dispatcher
         d.set_instances(live.get(d.name, 1))
 
 
+async def sweep_parked(pool: asyncpg.Pool) -> int:
+    """Record parked receipts whose message (or part) now carries their id; returns how many."""
+    async with pool.acquire(timeout=10) as conn, conn.transaction():
+        rows = await conn.fetch(sql.TAKE_MATCHABLE_PARKED, timeout=30)
+        if rows:
+            await conn.execute(sql.RECORD_RECEIPTS, *[[r[k] for r in rows] for k in range(7)], timeout=30)
+    return len(rows)
+
+
 async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str, int]:
     """One pass; returns the rows touched per task (for logs and tests)."""
     touched = {
         "reaped": _count(await pool.execute(sql.REAP_LEASES, settings.max_attempts, timeout=30)),
         "expired": _count(await pool.execute(sql.EXPIRE_QUEUED, timeout=30)),
-        "swept": _count(await pool.execute(sql.SWEEP_PARKED, timeout=30)),
+        "swept": await sweep_parked(pool),
         "dropped_parked": _count(
             await pool.execute(sql.DROP_OLD_PARKED, max(1, round(settings.parked_receipt_days)), timeout=30)
         ),

@@ -14,8 +14,9 @@ import phonenumbers
 from pydantic import BaseModel, ConfigDict
 
 from gateway.settings import SmscSettings
-from gateway.smpp.gsm import encode_text, fits_single
+from gateway.smpp.gsm import UnencodableError
 from gateway.smpp.pdu import SubmitSm
+from gateway.smpp.segment import TooLongError, segment_text
 
 
 class ClaimedMessage(BaseModel):
@@ -75,8 +76,10 @@ def validity_period(expires_at: datetime | None) -> str:
     return expires_at.astimezone(UTC).strftime("%y%m%d%H%M%S") + "000+"
 
 
-def prepare(msg: ClaimedMessage, smsc: SmscSettings, default_region: str, now: datetime) -> SubmitSm | Rejection:
-    """Build the submit_sm for a claimed row, or say why it cannot be sent."""
+def prepare(
+    msg: ClaimedMessage, smsc: SmscSettings, default_region: str, now: datetime, max_segments: int
+) -> list[SubmitSm] | Rejection:
+    """Build the submit_sm of each part of a claimed row (one for a short text), or say why it cannot be sent."""
     if msg.expires_at is not None and msg.expires_at <= now:
         return Rejection("expired", "expired_before_submit")
     if not msg.body:
@@ -87,24 +90,39 @@ def prepare(msg: ClaimedMessage, smsc: SmscSettings, default_region: str, now: d
     destination = normalise_number(msg.destination, default_region)
     if destination is None:
         return Rejection("rejected", "invalid_destination")
-    encoded = encode_text(msg.body, latin1=smsc.latin1)
-    if not fits_single(encoded):
-        # Multi-part sending is its own feature (throughput/fidelity issue); until then refuse clearly.
+    try:
+        segmented = segment_text(
+            msg.body,
+            method=smsc.long_messages,
+            ref=msg.id,  # the same reference on a retry: a handset joins the parts of either attempt
+            latin1=smsc.latin1,
+            smart=smsc.smart_encoding,
+            max_segments=max_segments,
+        )
+    except TooLongError:
         return Rejection("rejected", "too_long")
+    except UnencodableError:
+        return Rejection("rejected", "unencodable_body")
     ton, npi = source_ton_npi(source, smsc)
-    return SubmitSm(
-        service_type=smsc.service_type,
-        source_addr_ton=ton,
-        source_addr_npi=npi,
-        source_addr=source,
-        dest_addr_ton=smsc.dest_ton,
-        dest_addr_npi=smsc.dest_npi,
-        destination_addr=destination,
-        registered_delivery=smsc.registered_delivery,
-        validity_period=validity_period(msg.expires_at),
-        data_coding=encoded.data_coding,
-        short_message=encoded.payload,
-    )
+    validity = validity_period(msg.expires_at)
+    return [
+        SubmitSm(
+            service_type=smsc.service_type,
+            source_addr_ton=ton,
+            source_addr_npi=npi,
+            source_addr=source,
+            dest_addr_ton=smsc.dest_ton,
+            dest_addr_npi=smsc.dest_npi,
+            destination_addr=destination,
+            esm_class=seg.esm_class,
+            registered_delivery=smsc.registered_delivery,
+            validity_period=validity,
+            data_coding=segmented.data_coding,
+            short_message=seg.payload,
+            tlvs=seg.tlvs,
+        )
+        for seg in segmented.segments
+    ]
 
 
 def consent_refusal(msg: ClaimedMessage, *, opted_out: bool, subscribed: bool) -> Rejection | None:

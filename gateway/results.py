@@ -24,14 +24,18 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class _Batch:
     marks: list[tuple[int, str, str, str, str, str]] = field(default_factory=list)
-    settles: list[tuple[int, str, str, float, int | None, str | None, int, str | None]] = field(default_factory=list)
+    part_marks: list[tuple[int, str, str, int, int, str, str, str]] = field(default_factory=list)
+    settles: list[tuple[int, str, str, float, int | None, str | None, int, str | None]] = field(
+        default_factory=list
+    )
     receipts: list[tuple[str, str, str, str, str, int | None, str]] = field(default_factory=list)
     inbound: list[tuple[str, str, str, str, int, int, bytes]] = field(default_factory=list)
     mo_parts: list[tuple[str, str, str, int, int, int, int, int, bytes]] = field(default_factory=list)
     after_commit: list[Callable[[], None]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.marks) + len(self.settles) + len(self.receipts) + len(self.inbound) + len(self.mo_parts)
+        kinds = (self.marks, self.part_marks, self.settles, self.receipts, self.inbound, self.mo_parts)
+        return sum(len(k) for k in kinds)
 
 
 class ResultWriter:
@@ -60,6 +64,14 @@ class ResultWriter:
 
     def mark_submitted(self, row_id: int, token: str, smsc: str, message_id: str, msgid_key: str, bind: str) -> None:
         self._batch.marks.append((row_id, token, smsc, message_id, msgid_key, bind))
+        self._poke()
+
+    def mark_parts_submitted(
+        self, row_id: int, token: str, smsc: str, total: int, parts: list[tuple[int, str, str]], bind: str
+    ) -> None:
+        """Every part of a multi-part message accepted: `parts` is (seq, message id, key) per part."""
+        for seq, message_id, key in parts:
+            self._batch.part_marks.append((row_id, token, smsc, seq, total, message_id, key, bind))
         self._poke()
 
     def settle(
@@ -201,6 +213,7 @@ class ResultWriter:
         # Keep order: the failed batch goes before what arrived meanwhile.
         new = self._batch
         batch.marks += new.marks
+        batch.part_marks += new.part_marks
         batch.settles += new.settles
         batch.receipts += new.receipts
         batch.inbound += new.inbound
@@ -222,6 +235,8 @@ class ResultWriter:
             # Marks first: a receipt in this same batch may be for a row marked here.
             if b.marks:
                 await conn.execute(sql.MARK_SUBMITTED, *_columns(b.marks, 6), timeout=30)
+            if b.part_marks:
+                await conn.execute(sql.MARK_PARTS_SUBMITTED, *_columns(b.part_marks, 8), timeout=30)
             if b.settles:
                 await conn.execute(sql.SETTLE, *_columns(b.settles, 8), timeout=30)
             if b.receipts:

@@ -63,6 +63,10 @@ class SmscSettings(_Model):
     submit_id_format: IdFormat = "string"
     receipt_id_format: IdFormat = "string"
     latin1: bool = False
+    long_messages: Literal["udh8", "udh16", "sar", "payload"] = Field(
+        "udh8", description="how parts are linked: UDH with 8/16-bit reference, SAR TLVs, or one message_payload"
+    )
+    smart_encoding: bool = Field(False, description="replace look-alikes (curly quotes, dashes) to stay in GSM-7")
     transient_statuses: frozenset[int] = DEFAULT_TRANSIENT_STATUSES
 
     @model_validator(mode="after")
@@ -107,6 +111,7 @@ class DispatcherSettings(_Model):
     poll_interval: float = Field(1.0, gt=0, description="fallback poll when no NOTIFY arrives")
     maintenance_interval: float = Field(2.0, gt=0, description="reaper, expiry and receipt sweeper period")
     default_region: str = Field("US", min_length=2, max_length=2)
+    max_segments: int = Field(6, ge=1, le=255, description="longer bodies end rejected / too_long")
     shutdown_timeout: float = Field(10.0, gt=0)
     parked_receipt_days: float = Field(3.0, gt=0)
 

@@ -84,7 +84,7 @@ async def test_bad_rows_end_rejected_with_reasons(db_pool: asyncpg.Pool, db_dsn:
         ENQUEUE,
         ["12345", "12345", "12345", "12345", "", "12345"],
         ["not a number", "+12025550100", "+12025550101", "+12025550102", "+12025550103", "+12025550104"],
-        ["hi", "", "x" * 161, "late", "no sender", "fine"],
+        ["hi", "", "x" * 1000, "late", "no sender", "fine"],  # 1,000 GSM-7 chars: 7 parts, over the 6 allowed
         [None, None, None, datetime(2000, 1, 1, tzinfo=UTC), None, None],
         [0] * 6,
     )
@@ -249,3 +249,51 @@ async def test_enqueue_notify_wakes_idle_gateway_quickly(
         # The fallback poll is 30 s: only the NOTIFY can make this quick.
         ok = await sim.wait_for(lambda: sim.stats.submits_ok >= n, timeout=5)
     assert ok
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "parts"),
+    [
+        ("udh8", "A" * 300, 2),
+        ("udh16", "€uro " * 150, 6),  # extension characters: 2 septets each
+        ("sar", "Ünïcödé ✓ " * 20, 3),  # UCS-2: 67 units per part
+        ("payload", "B" * 500, 1),  # one submit_sm, the SMSC splits
+    ],
+)
+async def test_long_messages_are_split_tracked_per_part_and_delivered(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator, method: str, body: str, parts: int
+) -> None:
+    await enqueue(db_pool, 3, body=body)
+    async with running_gateway(settings_for(db_dsn, sim, long_messages=method)):
+        c = await wait_status(db_pool, "delivered", 3, timeout=30)
+    assert c == {"delivered": 3}
+    assert sim.stats.submits_ok == 3 * parts
+    # The simulator joins what it received: the text arrives whole, in order.
+    by_dest: dict[str, list[tuple[int, str]]] = {}
+    for rec in sim.submits:
+        by_dest.setdefault(rec.destination_addr, []).append((rec.received_at, rec.text))
+    assert all("".join(t for _, t in sorted(v)) == body for v in by_dest.values())
+    if parts > 1:
+        rows = await db_pool.fetch("SELECT message_id, status, receipt_stat FROM message_part ORDER BY 1")
+        assert len(rows) == 3 * parts and {(r["status"], r["receipt_stat"]) for r in rows} == {("delivered", "DELIVRD")}
+        assert await db_pool.fetchval("SELECT min(parts) FROM outbound_message") == parts
+    else:
+        assert await db_pool.fetchval("SELECT count(*) FROM message_part") == 0
+
+
+async def test_multipart_receipts_before_responses_and_failures_aggregate(db_pool: asyncpg.Pool, db_dsn: str) -> None:
+    config = SimulatorConfig(receipt_before_response=True, receipt_delay=0, outcomes={"DELIVRD": 1, "UNDELIV": 1})
+    async with SmscSimulator(config) as sim:
+        await enqueue(db_pool, 40, body="long " * 100)  # 500 chars: 4 parts
+        async with running_gateway(settings_for(db_dsn, sim)):
+            c = await wait_final(db_pool, timeout=30)
+        outcomes = {}
+        for rec in sim.submits:
+            outcomes.setdefault(rec.destination_addr, []).append(rec.outcome)
+    assert sum(c.values()) == 40 and set(c) <= {"delivered", "undeliverable"}
+    rows = await db_pool.fetch("SELECT destination, status, receipt_stat FROM outbound_message")
+    for r in rows:
+        dest = r["destination"].lstrip("+")
+        expected = "delivered" if all(o == "DELIVRD" for o in outcomes[dest]) else "undeliverable"
+        assert r["status"] == expected, (r, outcomes[dest])
+    assert await db_pool.fetchval("SELECT count(*) FROM pending_receipt") == 0

@@ -46,6 +46,53 @@ FROM i LEFT JOIN parked ON parked.smsc = i.smsc AND parked.msgid_key = i.msgid_k
 WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
 """
 
+# All parts of a multi-part message accepted: one row per part (receipts parked before are consumed), and the
+# message is 'submitted' (or final at once, when every part's receipt was already parked).
+MARK_PARTS_SUBMITTED = """
+WITH i AS (
+    SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::smallint[], $6::text[],
+                         $7::text[], $8::text[])
+        AS t(id, token, smsc, seq, total, message_id, msgid_key, bind_name)
+), fenced AS (
+    SELECT i.* FROM i JOIN outbound_message m ON m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
+), parked AS (
+    DELETE FROM pending_receipt p USING fenced f
+    WHERE p.smsc = f.smsc AND p.msgid_key = f.msgid_key
+    RETURNING p.smsc, p.msgid_key, p.status, p.receipt_stat, p.error_code, p.reason
+), parts AS (
+    INSERT INTO message_part AS mp (message_id, seq, total, smsc, smsc_message_id, smsc_msgid_key, status,
+                                    receipt_stat, error_code, reason, done_at)
+    SELECT f.id, f.seq, f.total, f.smsc, f.message_id, f.msgid_key, coalesce(pk.status, 'submitted'),
+           pk.receipt_stat, pk.error_code, pk.reason, CASE WHEN pk.status IS NULL THEN NULL ELSE now() END
+    FROM fenced f LEFT JOIN parked pk ON pk.smsc = f.smsc AND pk.msgid_key = f.msgid_key
+    -- A retried message replaces the parts of its earlier attempt.
+    ON CONFLICT (message_id, seq) DO UPDATE
+        SET smsc = EXCLUDED.smsc, smsc_message_id = EXCLUDED.smsc_message_id,
+            smsc_msgid_key = EXCLUDED.smsc_msgid_key, status = EXCLUDED.status,
+            receipt_stat = EXCLUDED.receipt_stat, error_code = EXCLUDED.error_code, reason = EXCLUDED.reason,
+            submitted_at = now(), done_at = EXCLUDED.done_at
+    RETURNING mp.message_id, mp.seq, mp.status, mp.receipt_stat, mp.error_code, mp.reason
+), agg AS (
+    SELECT message_id, bool_and(status <> 'submitted') AS all_done,
+           (array_agg(status ORDER BY seq) FILTER (WHERE failing))[1] AS fail_status,
+           (array_agg(receipt_stat ORDER BY seq) FILTER (WHERE failing))[1] AS fail_stat,
+           (array_agg(error_code ORDER BY seq) FILTER (WHERE failing))[1] AS fail_code,
+           (array_agg(reason ORDER BY seq) FILTER (WHERE failing))[1] AS fail_reason
+    FROM (SELECT *, status NOT IN ('submitted', 'delivered') AS failing FROM parts) x
+    GROUP BY message_id
+)
+UPDATE outbound_message m
+SET status = CASE WHEN a.all_done THEN coalesce(a.fail_status, 'delivered') ELSE 'submitted' END,
+    receipt_stat = CASE WHEN a.all_done THEN coalesce(a.fail_stat, 'DELIVRD') END,
+    error_code = CASE WHEN a.all_done THEN a.fail_code END,
+    reason = CASE WHEN a.all_done THEN coalesce(a.fail_reason, 'delivered') END,
+    done_at = CASE WHEN a.all_done THEN now() END,
+    smsc_message_id = f.message_id, bind_name = f.bind_name, parts = f.total,
+    submitted_at = now(), claimed_by = NULL, claimed_until = NULL, updated_at = now()
+FROM agg a JOIN fenced f ON f.id = a.message_id AND f.seq = 1
+WHERE m.id = a.message_id
+"""
+
 # Anything else that ends a claim: back to the queue after a delay (retry, release) or a final status.
 SETTLE = """
 UPDATE outbound_message m
@@ -62,7 +109,9 @@ FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::int[], $6::t
 WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
 """
 
-# Final receipts: update the submitted row, or park the receipt when no row carries that id yet.
+# Final receipts: update the submitted single-part row, or the part of a multi-part message (which is final
+# when all its parts are: delivered, or the first failing part's outcome), or park the receipt when no row
+# carries that id yet. A CTE does not see another CTE's updates, so the aggregate joins the new part states in.
 RECORD_RECEIPTS = """
 WITH i AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])
@@ -74,13 +123,40 @@ WITH i AS (
     FROM i
     WHERE m.smsc = i.smsc AND m.smsc_msgid_key = i.msgid_key AND m.status = 'submitted'
     RETURNING m.id
+), part AS (
+    UPDATE message_part p
+    SET status = i.status, receipt_stat = i.receipt_stat, error_code = i.error_code, reason = i.reason, done_at = now()
+    FROM i
+    WHERE p.smsc = i.smsc AND p.smsc_msgid_key = i.msgid_key AND p.status = 'submitted'
+    RETURNING p.message_id, p.seq, p.status, p.receipt_stat, p.error_code, p.reason
+), agg AS (
+    SELECT message_id, bool_and(status <> 'submitted') AS all_done,
+           (array_agg(status ORDER BY seq) FILTER (WHERE failing))[1] AS fail_status,
+           (array_agg(receipt_stat ORDER BY seq) FILTER (WHERE failing))[1] AS fail_stat,
+           (array_agg(error_code ORDER BY seq) FILTER (WHERE failing))[1] AS fail_code,
+           (array_agg(reason ORDER BY seq) FILTER (WHERE failing))[1] AS fail_reason
+    FROM (
+        SELECT p.message_id, p.seq, coalesce(n.status, p.status) AS status,
+               coalesce(n.receipt_stat, p.receipt_stat) AS receipt_stat,
+               coalesce(n.error_code, p.error_code) AS error_code, coalesce(n.reason, p.reason) AS reason,
+               coalesce(n.status, p.status) NOT IN ('submitted', 'delivered') AS failing
+        FROM message_part p LEFT JOIN part n ON n.message_id = p.message_id AND n.seq = p.seq
+        WHERE p.message_id IN (SELECT message_id FROM part)
+    ) x
+    GROUP BY message_id
+), done AS (
+    UPDATE outbound_message m
+    SET status = coalesce(a.fail_status, 'delivered'), receipt_stat = coalesce(a.fail_stat, 'DELIVRD'),
+        error_code = a.fail_code, reason = coalesce(a.fail_reason, 'delivered'), done_at = now(), updated_at = now()
+    FROM agg a
+    WHERE m.id = a.message_id AND a.all_done AND m.status = 'submitted'
+    RETURNING m.id
 )
 INSERT INTO pending_receipt (smsc, msgid_key, message_id, status, receipt_stat, error_code, reason)
 SELECT i.smsc, i.msgid_key, i.message_id, i.status, i.receipt_stat, i.error_code, i.reason
 FROM i
-WHERE NOT EXISTS (
-    SELECT 1 FROM outbound_message m WHERE m.smsc = i.smsc AND m.smsc_msgid_key = i.msgid_key
-)
+WHERE NOT EXISTS (SELECT 1 FROM outbound_message m WHERE m.smsc = i.smsc AND m.smsc_msgid_key = i.msgid_key)
+  AND NOT EXISTS (SELECT 1 FROM message_part p WHERE p.smsc = i.smsc AND p.smsc_msgid_key = i.msgid_key)
 """
 
 # Re-sent parts of a concatenated MO (same identity, not yet assembled) are stored once.
@@ -114,19 +190,13 @@ SET status = 'expired', reason = 'expired_before_submit', done_at = now(), updat
 WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at < now()
 """
 
-# Receipts parked when their mark was in flight in another transaction (neither saw the other).
-SWEEP_PARKED = """
-WITH matched AS (
-    DELETE FROM pending_receipt p
-    USING outbound_message m
-    WHERE m.smsc = p.smsc AND m.smsc_msgid_key = p.msgid_key
-    RETURNING m.id AS row_id, p.status, p.receipt_stat, p.error_code, p.reason
-)
-UPDATE outbound_message m
-SET status = matched.status, receipt_stat = matched.receipt_stat, error_code = matched.error_code,
-    reason = matched.reason, done_at = now(), updated_at = now()
-FROM matched
-WHERE m.id = matched.row_id AND m.status = 'submitted'
+# Receipts parked when their mark was in flight in another transaction (neither saw the other): taken out
+# here and recorded again with RECORD_RECEIPTS in the same transaction.
+TAKE_MATCHABLE_PARKED = """
+DELETE FROM pending_receipt p
+WHERE EXISTS (SELECT 1 FROM outbound_message m WHERE m.smsc = p.smsc AND m.smsc_msgid_key = p.msgid_key)
+   OR EXISTS (SELECT 1 FROM message_part mp WHERE mp.smsc = p.smsc AND mp.smsc_msgid_key = p.msgid_key)
+RETURNING smsc, msgid_key, message_id, status, receipt_stat, error_code, reason
 """
 
 # $1 days
