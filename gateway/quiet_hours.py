@@ -2,11 +2,12 @@
 
 A number's time zones come from ``phonenumbers`` (offline geocoding data). A number may map to several
 zones (a US toll-free number, a Russian or Australian mobile): the rule is conservative, a message goes
-only at an instant that is inside the sending window in every zone of the number. When the zones have
-no common window at all (their offsets differ by more than the window is long), the first zone that
-``phonenumbers`` lists is used alone, so such numbers are not blocked forever. Whether a common window
-exists is judged over the coming week, so in the rare zone sets whose overlap appears or vanishes with
-a DST change, the fallback applies only while no common window is in sight.
+only at an instant that is inside the sending window in every zone of the number (the latest opening to
+the earliest closing). When no instant is inside the window in all the zones (a window shorter than the
+spread of the offsets, e.g. 10:00-12:00 for a US toll-free number, which spans Guam to Newfoundland),
+the first zone that ``phonenumbers`` lists is used alone, so such numbers are not blocked forever.
+Whether a common window exists is judged over the coming week, so in the rare zone sets whose overlap
+appears or vanishes with a DST change, the fallback applies only while no common window is in sight.
 
 Window semantics, in each zone's wall-clock time:
 
@@ -174,7 +175,7 @@ def next_allowed(
         common = _intersect(common, _windows(zone, now, start, end))
     found, when = _first_allowed(common, now)
     if not found and len(zones) > 1:
-        # No common window (e.g. a toll-free number spanning Guam to Hawaii): the first zone alone.
+        # No instant suits every zone: rather than never sending, follow the first zone alone.
         found, when = _first_allowed(_windows(zones[0], now, start, end), now)
     if not found:
         # One zone always has a window every day unless it holds no whole minute (08:00:10-08:00:50).
