@@ -22,10 +22,12 @@ import asyncpg
 
 from gateway import metrics
 from gateway.db import outbound_sql as sql
+from gateway.error_policy import ErrorClass, ErrorPolicy, backoff
 from gateway.inbound import InboundHandler
 from gateway.message import ClaimedMessage, Rejection, consent_refusal, prepare
+from gateway.quiet_hours import next_allowed
 from gateway.results import ResultWriter
-from gateway.settings import THROTTLE_STATUSES, DispatcherSettings, SmscSettings
+from gateway.settings import DispatcherSettings, SmscSettings
 from gateway.smpp import session as smpp_session
 from gateway.smpp.client import BindError, ConnectionClosedError, RequestTimeoutError, SmppConnection, connect
 from gateway.smpp.codec import PduEncodeError
@@ -228,6 +230,7 @@ class SmscDispatcher:
         self.inbound = InboundHandler(name, smsc, writer)
         self.ssl_context = ssl.create_default_context(cafile=smsc.tls_ca_file) if smsc.tls else None
         self.instances = 1
+        self.policy = ErrorPolicy.from_config(smsc.error_classes)
         self.adaptive = AdaptiveRate(smsc.tps)
         self.account_bucket = TokenBucket(smsc.tps, smsc.burst, catch_up=PACING_CATCH_UP)
         metrics.EFFECTIVE_RATE.labels(name).set(smsc.tps)
@@ -347,10 +350,29 @@ class SmscDispatcher:
             refusal = consent_refusal(item.msg, opted_out=check["opted_out"], subscribed=check["subscribed"])
             if refusal is not None:
                 self._reject(item.msg, item.token, refusal)
+            elif not self._outside_quiet_hours(item, now):
+                continue
             else:
                 self._ready.append(item)
         if self._ready:
             self._ready_event.set()
+
+    def _outside_quiet_hours(self, item: _Item, now: datetime) -> bool:
+        """Marketing to a recipient whose local time is in quiet hours waits (not fails) until it is not."""
+        s = self.settings
+        if not s.quiet_hours or item.msg.message_class != "marketing":
+            return True
+        when = next_allowed(
+            item.parts[0][1].destination_addr, now, start=s.quiet_hours_start, end=s.quiet_hours_end,
+            default_tz=s.quiet_hours_default_tz,
+        )
+        if when is None:
+            return True
+        self.writer.settle(
+            item.msg.id, item.token, "queued", delay=(when - now).total_seconds(), reason="quiet_hours",
+            attempts_delta=-1,
+        )
+        return False
 
     def _reject(self, msg: ClaimedMessage, token: str, rejection: Rejection) -> None:
         metrics.REJECTED.labels(rejection.reason).inc()
@@ -388,7 +410,8 @@ class SmscDispatcher:
         if status == 0:  # generic_nack with status 0, or a wrong response type: treat as a system error
             status = 0x08 if not isinstance(resp, GenericNack) else 0xFF
         metrics.SUBMIT_ERRORS.labels(self.name, status_name(status)).inc()
-        if status in THROTTLE_STATUSES and status in self.smsc.transient_statuses:
+        kind = self.policy.classify(status)
+        if kind is ErrorClass.THROTTLE:
             # Not a failure: slow the account down (AIMD) and send the same part again.
             if self.adaptive.throttled(loop_now):
                 self._apply_rate(loop_now)
@@ -396,8 +419,13 @@ class SmscDispatcher:
                 log.info("throttled by SMSC; rate lowered", extra={"smsc": self.name, "rate": rate})
             self.push_front(_Item(item.msg, item.token, [(seq, pdu)], item.group))
             return
-        self.part_failed(item, seq, status, status_name(status), retry=status in self.smsc.transient_statuses,
-                         bind=bind)
+        if kind is ErrorClass.SESSION:
+            # The bind itself is wrong (bind state, command length...): the message is fine, the link is not.
+            log.warning("session error from SMSC; re-binding", extra={"bind": bind.name, "status": status_name(status)})
+            if bind.conn is not None:
+                bind.conn.close(f"session error {status_name(status)}")
+        self.part_failed(item, seq, status, self.policy.describe(status), retry=kind is not ErrorClass.PERMANENT,
+                         bind=bind, immediate=kind is ErrorClass.SESSION)
 
     def part_failed(
         self,
@@ -463,9 +491,7 @@ class SmscDispatcher:
                 bind=bind.name,
             )
             return
-        delay = 0.0 if immediate else min(
-            self.settings.retry_base * 2 ** (msg.attempts - 1), self.settings.retry_max
-        ) * random.uniform(0.8, 1.2)
+        delay = 0.0 if immediate else backoff(msg.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
         self.writer.settle(msg.id, item.token, "queued", delay=delay, error_code=status, reason=reason, bind=bind.name)
 
     # -- shutdown ------------------------------------------------------------------------------------

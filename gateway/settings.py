@@ -7,6 +7,7 @@ line per problem, naming the key.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import tomllib
 from pathlib import Path
@@ -19,9 +20,6 @@ from keywords.config import ShortCodeKeywords
 
 IdFormat = Literal["string", "decimal", "hex"]
 
-# ESME_RSYSERR, ESME_RMSGQFUL, ESME_RTHROTTLED, ESME_RX_T_APPN: retry later (Kannel's transient set).
-DEFAULT_TRANSIENT_STATUSES = frozenset({0x08, 0x14, 0x58, 0x64})
-THROTTLE_STATUSES = frozenset({0x14, 0x58})
 
 
 class ConfigError(Exception):
@@ -67,7 +65,21 @@ class SmscSettings(_Model):
         "udh8", description="how parts are linked: UDH with 8/16-bit reference, SAR TLVs, or one message_payload"
     )
     smart_encoding: bool = Field(False, description="replace look-alikes (curly quotes, dashes) to stay in GSM-7")
-    transient_statuses: frozenset[int] = DEFAULT_TRANSIENT_STATUSES
+    # command_status -> transient | throttle | permanent | session, over the built-in table
+    # (gateway/error_policy.py); keys as "0x45" or "69", e.g. vendor codes 0x400-0x4FF.
+    error_classes: dict[str, Literal["transient", "throttle", "permanent", "session"]] = Field(default_factory=dict)
+
+    @field_validator("error_classes")
+    @classmethod
+    def _status_keys(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            try:
+                code = int(key, 0)
+            except ValueError:
+                raise ValueError(f"error_classes: {key!r} is not a command_status (use 0x45 or 69)") from None
+            if not 0 < code <= 0xFFFFFFFF:
+                raise ValueError(f"error_classes: {key!r} is out of range")
+        return value
 
     @model_validator(mode="after")
     def _password_present(self) -> SmscSettings:
@@ -112,6 +124,10 @@ class DispatcherSettings(_Model):
     maintenance_interval: float = Field(2.0, gt=0, description="reaper, expiry and receipt sweeper period")
     default_region: str = Field("US", min_length=2, max_length=2)
     max_segments: int = Field(6, ge=1, le=255, description="longer bodies end rejected / too_long")
+    quiet_hours: bool = Field(True, description="defer marketing outside start-end in the recipient's local time")
+    quiet_hours_start: dt.time = dt.time(8, 0)
+    quiet_hours_end: dt.time = dt.time(21, 0)
+    quiet_hours_default_tz: str = Field("America/New_York", description="for numbers whose zone is unknown")
     shutdown_timeout: float = Field(10.0, gt=0)
     parked_receipt_days: float = Field(3.0, gt=0)
 

@@ -169,15 +169,11 @@ async def test_transient_errors_fail_after_max_attempts(db_pool: asyncpg.Pool, d
     sim.fail_next(100, Status.RSYSERR)
     await enqueue(db_pool, 1)
     settings = settings_for(db_dsn, sim)
-    settings = settings.model_copy(
-        update={"dispatcher": settings.dispatcher.model_copy(update={"max_attempts": 3})}
-    )
+    settings = settings.model_copy(update={"dispatcher": settings.dispatcher.model_copy(update={"max_attempts": 3})})
     async with running_gateway(settings):
         await wait_final(db_pool, timeout=20)
     row = await db_pool.fetchrow("SELECT status, attempts, error_code, reason FROM outbound_message")
-    assert dict(row) == {
-        "status": "failed", "attempts": 3, "error_code": 8, "reason": "ESME_RSYSERR after 3 attempts"
-    }
+    assert dict(row) == {"status": "failed", "attempts": 3, "error_code": 8, "reason": "ESME_RSYSERR after 3 attempts"}
 
 
 async def test_response_timeout_is_retried_and_recorded(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
@@ -219,7 +215,11 @@ async def test_mo_is_stored_then_acked(db_pool: asyncpg.Pool, db_dsn: str, sim: 
         assert await sim.wait_for(lambda: delivery.acked, timeout=10)
     row = await db_pool.fetchrow("SELECT smsc, source, destination, body, data_coding FROM inbound_message")
     assert dict(row) == {
-        "smsc": "sim", "source": "15551230000", "destination": "12345", "body": "JOIN news ✓", "data_coding": 8
+        "smsc": "sim",
+        "source": "15551230000",
+        "destination": "12345",
+        "body": "JOIN news ✓",
+        "data_coding": 8,
     }
 
 
@@ -297,3 +297,72 @@ async def test_multipart_receipts_before_responses_and_failures_aggregate(db_poo
         expected = "delivered" if all(o == "DELIVRD" for o in outcomes[dest]) else "undeliverable"
         assert r["status"] == expected, (r, outcomes[dest])
     assert await db_pool.fetchval("SELECT count(*) FROM pending_receipt") == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "overrides", "end_state"),
+    [
+        (Status.RINVDSTADR, {}, ("failed", 1)),  # permanent: fail at once
+        (Status.RSYSERR, {}, ("delivered", 2)),  # transient: retried with back-off
+        (Status.RTHROTTLED, {}, ("delivered", 1)),  # throttle: slowed down, sent again, not an attempt
+        (Status.RINVBNDSTS, {}, ("delivered", 2)),  # session: re-bind, send again
+        (0x401, {}, ("failed", 1)),  # vendor code: permanent unless the carrier's table says otherwise
+        (0x401, {"0x401": "transient"}, ("delivered", 2)),
+    ],
+)
+async def test_each_error_class_leads_to_its_documented_end_state(
+    db_pool: asyncpg.Pool,
+    db_dsn: str,
+    sim: SmscSimulator,
+    status: int,
+    overrides: dict[str, str],
+    end_state: tuple[str, int],
+) -> None:
+    sim.fail_next(1, status)
+    await enqueue(db_pool, 1)
+    async with running_gateway(settings_for(db_dsn, sim, error_classes=overrides)):
+        await wait_final(db_pool, timeout=20)
+    row = await db_pool.fetchrow("SELECT status, attempts, error_code FROM outbound_message")
+    assert (row["status"], row["attempts"]) == end_state
+    if end_state[0] == "failed":
+        assert row["error_code"] == status
+
+
+async def test_quiet_hours_defer_marketing_but_not_transactional(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
+) -> None:
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    local = datetime.now(ZoneInfo("America/New_York"))
+    start = (local + timedelta(hours=2)).time().replace(second=0, microsecond=0)
+    end = (local + timedelta(hours=3)).time().replace(second=0, microsecond=0)
+    await db_pool.execute("INSERT INTO subscriber_list (short_code, name, program) VALUES ('12345', 'news', 'N')")
+    await db_pool.execute(
+        "INSERT INTO subscription (short_code, list_name, msisdn, status)"
+        " VALUES ('12345', 'news', '12025550142', 'active')"
+    )
+    await db_pool.execute(
+        "INSERT INTO outbound_message (source, destination, body, message_class, list_name) VALUES"
+        " ('12345', '+12025550142', 'Sale!', 'marketing', 'news'),"
+        " ('12345', '+12025550142', 'Your code is 1234', 'transactional', NULL)"
+    )
+    settings = settings_for(db_dsn, sim)
+    settings = settings.model_copy(
+        update={
+            "dispatcher": settings.dispatcher.model_copy(update={"quiet_hours_start": start, "quiet_hours_end": end})
+        }
+    )
+    async with running_gateway(settings):
+        await wait_status(db_pool, "delivered", 1, timeout=20)
+        await asyncio.sleep(0.5)
+    rows = {
+        r["message_class"]: r
+        for r in await db_pool.fetch(
+            "SELECT message_class, status, reason, attempts, send_after - now() AS wait FROM outbound_message"
+        )
+    }
+    assert rows["transactional"]["status"] == "delivered"
+    marketing = rows["marketing"]
+    assert (marketing["status"], marketing["reason"], marketing["attempts"]) == ("queued", "quiet_hours", 0)
+    assert timedelta(hours=1, minutes=55) <= marketing["wait"] <= timedelta(hours=2, minutes=1)
