@@ -19,6 +19,7 @@ from gateway.db import outbound_sql as sql
 from gateway.db.migrate import migrate
 from gateway.dispatcher import SmscDispatcher
 from gateway.results import ResultWriter
+from gateway.router import Router
 from gateway.settings import Settings
 from keywords.matcher import KeywordMatcher
 from keywords.processor import MoProcessor
@@ -40,6 +41,7 @@ class Gateway:
         self.writer: ResultWriter | None = None
         self.dispatchers: list[SmscDispatcher] = []
         self.mo_processor: MoProcessor | None = None
+        self.router: Router | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
 
@@ -78,8 +80,10 @@ class Gateway:
         self.dispatchers = [
             SmscDispatcher(name, smsc, d, self.pool, self.writer) for name, smsc in s.smsc.items()
         ]
+        self.router = Router(self.dispatchers, s.route, d, self.pool, self.writer)
         for disp in self.dispatchers:
             disp.start()
+        self.router.start()
         self._tasks.append(asyncio.create_task(self._listen(dsn), name="notify-listener"))
         upkeep = maintenance.run_forever(self.pool, d, self.dispatchers)
         self._tasks.append(asyncio.create_task(upkeep, name="maintenance"))
@@ -101,8 +105,8 @@ class Gateway:
                 conn = await asyncpg.connect(dsn, timeout=10)
                 await conn.add_listener(sql.LISTEN_CHANNEL, self._on_notify)
                 backoff = 0.5
-                for disp in self.dispatchers:
-                    disp.wake_claimer()
+                if self.router is not None:
+                    self.router.wake()
                 while not conn.is_closed():
                     await asyncio.sleep(5)
                     await conn.execute("SELECT 1", timeout=5)  # keep-alive: notice a dead link
@@ -117,15 +121,17 @@ class Gateway:
             backoff = min(backoff * 2, 10.0)
 
     def _on_notify(self, *_args: object) -> None:
-        for disp in self.dispatchers:
-            disp.wake_claimer()
+        if self.router is not None:
+            self.router.wake()
 
     async def stop(self) -> None:
         """Graceful stop, bounded by `dispatcher.shutdown_timeout` per phase."""
         timeout = self.settings.dispatcher.shutdown_timeout
         log.info("stopping: no new claims")
+        if self.router is not None:
+            await self.router.stop()
         for disp in self.dispatchers:
-            await disp.stop_claiming()
+            disp.stop_sending()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # A bounded poll: in-flight counts live in several sessions and change from their callbacks.

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import logging
 import random
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -21,7 +21,6 @@ from functools import partial
 import asyncpg
 
 from gateway import metrics
-from gateway.db import outbound_sql as sql
 from gateway.error_policy import ErrorClass, ErrorPolicy, backoff
 from gateway.inbound import InboundHandler
 from gateway.message import ClaimedMessage, Rejection, consent_refusal, prepare
@@ -134,13 +133,14 @@ class BindWorker:
             backoff = smsc.reconnect_min
             self.conn = conn
             metrics.BIND_UP.labels(self.d.name, self.name).set(1)
-            self.d.wake_claimer()
+            self.d.wake_router()
             await self._send_loop(conn, loop)
             if self._stopping:
                 return  # stop() unbinds; the connection stays up for late responses and receipts
             metrics.BIND_UP.labels(self.d.name, self.name).set(0)
             log.warning("bind lost", extra={"bind": self.name, "reason": conn.close_reason})
             self.conn = None
+            self.d.bind_lost()
             await self._sleep(smsc.reconnect_min * random.uniform(0.5, 1.0))
 
     async def _sleep(self, seconds: float) -> None:
@@ -237,10 +237,7 @@ class SmscDispatcher:
         self.binds = [BindWorker(self, i) for i in range(smsc.binds)]
         self._ready: collections.deque[_Item] = collections.deque()
         self._ready_event = asyncio.Event()
-        self._claim_wake = asyncio.Event()
-        self._queue_maybe_empty = False
-        self._tokens = itertools.count(1)
-        self._claimer: asyncio.Task[None] | None = None
+        self.wake_router: Callable[[], None] = lambda: None  # set by the router that feeds this dispatcher
         self._stopping = False
 
     # -- ready buffer --------------------------------------------------------------------------------
@@ -254,8 +251,8 @@ class SmscDispatcher:
             self._ready_event.clear()
             return None
         item = self._ready.popleft()
-        if not self._queue_maybe_empty and len(self._ready) <= self._target() // 2:
-            self._claim_wake.set()
+        if len(self._ready) <= self._target() // 2:
+            self.wake_router()
         return item
 
     def push_front(self, item: _Item) -> None:
@@ -268,11 +265,6 @@ class SmscDispatcher:
         except TimeoutError:
             pass
 
-    def wake_claimer(self) -> None:
-        """New rows may be queued (NOTIFY) or a bind came up."""
-        self._queue_maybe_empty = False
-        self._claim_wake.set()
-
     def _target(self) -> int:
         """How many prepared rows to hold: one window's worth per transmitting bind (less when paced)."""
         total = sum(b.conn.session.window for b in self.binds if b.conn is not None and b.conn.session.can_transmit)
@@ -280,51 +272,38 @@ class SmscDispatcher:
             total = min(total, max(1, int(self.smsc.tps)))
         return total
 
-    # -- claimer -------------------------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
         for b in self.binds:
             b.start()
-        self._claimer = asyncio.create_task(self._claim_loop(), name=f"claimer-{self.name}")
 
-    async def _claim_loop(self) -> None:
-        backoff = 0.1
-        while not self._stopping:
-            want = min(self._target() - len(self._ready), self.settings.max_claim)
-            if want <= 0 or (self._queue_maybe_empty and self._ready):
-                await self._wait_claim_wake(self.settings.poll_interval)
-                continue
-            rows: list[tuple[str, asyncpg.Record]] = []
-            try:
-                rows = await self._claim(want)
-                if rows:
-                    await self._accept(rows)
-            except Exception as exc:  # the database may be restarting; the claimer must outlive it
-                log.warning("claim failed", extra={"smsc": self.name, "error": f"{type(exc).__name__}: {exc}"})
-                for token, record in rows:  # claimed but not checked: give them back untouched
-                    self.writer.settle(record["id"], token, "queued", reason="consent_check_failed", attempts_delta=-1)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
-            if len(rows) < want:
-                self._queue_maybe_empty = True
-                if not rows:
-                    await self._wait_claim_wake(self.settings.poll_interval * random.uniform(0.8, 1.2))
+    @property
+    def is_up(self) -> bool:
+        """At least one bind can transmit."""
+        return any(b.conn is not None and b.conn.session.can_transmit for b in self.binds)
 
-    async def _wait_claim_wake(self, timeout: float) -> None:
-        self._claim_wake.clear()
-        try:
-            await asyncio.wait_for(self._claim_wake.wait(), timeout)
-        except TimeoutError:
-            self._queue_maybe_empty = False  # the fallback poll: NOTIFY may have been missed
+    @property
+    def free_capacity(self) -> int:
+        """Rows the router may hand over now."""
+        return max(0, self._target() - len(self._ready)) if not self._stopping else 0
 
-    async def _claim(self, limit: int) -> list[tuple[str, asyncpg.Record]]:
-        token = f"{self.settings.instance}:{self.name}:{next(self._tokens)}"
-        rows = await self.pool.fetch(sql.CLAIM, token, self.settings.lease_seconds, limit, self.name, timeout=30)
-        return [(token, r) for r in rows]
+    def bind_lost(self) -> None:
+        """A bind went down. With none left, give the waiting rows back so the router can send them
+        through another SMSC (or hold them in the queue until this one is back)."""
+        if self.is_up or self._stopping:
+            return
+        released = 0
+        while self._ready:
+            item = self._ready.popleft()
+            self.writer.settle(item.msg.id, item.token, "queued", reason="smsc_down", attempts_delta=-1,
+                               smsc=self.name)
+            released += 1
+        if released:
+            log.warning("all binds down; rows released for re-routing", extra={"smsc": self.name, "rows": released})
+        self.wake_router()
 
-    async def _accept(self, rows: list[tuple[str, asyncpg.Record]]) -> None:
+    async def accept(self, rows: list[tuple[str, asyncpg.Record]]) -> None:
         """Validate and encode claimed rows, enforce consent with one lookup for the batch, queue the rest."""
         now = datetime.now(UTC)
         prepared: list[_Item] = []
@@ -376,7 +355,7 @@ class SmscDispatcher:
 
     def _reject(self, msg: ClaimedMessage, token: str, rejection: Rejection) -> None:
         metrics.REJECTED.labels(rejection.reason).inc()
-        self.writer.settle(msg.id, token, rejection.status, reason=rejection.reason)
+        self.writer.settle(msg.id, token, rejection.status, reason=rejection.reason, smsc=self.name)
 
     # -- responses -----------------------------------------------------------------------------------
 
@@ -445,7 +424,9 @@ class SmscDispatcher:
         elif retry:
             self._retry(item, status, reason, bind, immediate=immediate)
         else:
-            self.writer.settle(item.msg.id, item.token, "failed", error_code=status, reason=reason, bind=bind.name)
+            self.writer.settle(
+                item.msg.id, item.token, "failed", error_code=status, reason=reason, bind=bind.name, smsc=self.name
+            )
 
     def _settle_parts(self, item: _Item, bind: BindWorker, *, immediate: bool = False) -> None:
         group = item.group
@@ -464,7 +445,9 @@ class SmscDispatcher:
         if retry:
             self._retry(item, status, reason, bind, immediate=immediate)
         else:
-            self.writer.settle(item.msg.id, item.token, "failed", error_code=status, reason=reason, bind=bind.name)
+            self.writer.settle(
+                item.msg.id, item.token, "failed", error_code=status, reason=reason, bind=bind.name, smsc=self.name
+            )
 
     def _apply_rate(self, now: float) -> None:
         self.account_bucket.set_rate(self.adaptive.rate, now)
@@ -488,25 +471,21 @@ class SmscDispatcher:
         if msg.attempts >= self.settings.max_attempts:
             self.writer.settle(
                 msg.id, item.token, "failed", error_code=status, reason=f"{reason} after {msg.attempts} attempts",
-                bind=bind.name,
+                bind=bind.name, smsc=self.name,
             )
             return
         delay = 0.0 if immediate else backoff(msg.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
-        self.writer.settle(msg.id, item.token, "queued", delay=delay, error_code=status, reason=reason, bind=bind.name)
+        self.writer.settle(
+            msg.id, item.token, "queued", delay=delay, error_code=status, reason=reason, bind=bind.name, smsc=self.name
+        )
 
     # -- shutdown ------------------------------------------------------------------------------------
 
-    async def stop_claiming(self) -> None:
-        """Stop the senders and the claimer; give back every claimed row not yet sent (attempt not counted)."""
+    def stop_sending(self) -> None:
+        """Stop the senders; give back every claimed row not yet sent (attempt not counted)."""
         self._stopping = True
         for b in self.binds:
             b.stop_sending()
-        if self._claimer is not None:
-            self._claimer.cancel()
-            try:
-                await self._claimer
-            except asyncio.CancelledError:
-                pass
         while self._ready:
             item = self._ready.popleft()
             self.writer.settle(item.msg.id, item.token, "queued", reason="released_on_shutdown", attempts_delta=-1)

@@ -49,6 +49,7 @@ async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str
     touched = {
         "reaped": _count(await pool.execute(sql.REAP_LEASES, settings.max_attempts, timeout=30)),
         "expired": _count(await pool.execute(sql.EXPIRE_QUEUED, timeout=30)),
+        "no_receipt": _count(await pool.execute(sql.EXPIRE_SUBMITTED, settings.receipt_timeout, timeout=30)),
         "swept": await sweep_parked(pool),
         "dropped_parked": _count(
             await pool.execute(sql.DROP_OLD_PARKED, max(1, round(settings.parked_receipt_days)), timeout=30)

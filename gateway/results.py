@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class _Batch:
     marks: list[tuple[int, str, str, str, str, str]] = field(default_factory=list)
     part_marks: list[tuple[int, str, str, int, int, str, str, str]] = field(default_factory=list)
-    settles: list[tuple[int, str, str, float, int | None, str | None, int, str | None]] = field(
+    settles: list[tuple[int, str, str, float, int | None, str | None, int, str | None, str | None]] = field(
         default_factory=list
     )
     receipts: list[tuple[str, str, str, str, str, int | None, str]] = field(default_factory=list)
@@ -85,9 +85,10 @@ class ResultWriter:
         reason: str | None = None,
         attempts_delta: int = 0,
         bind: str | None = None,
+        smsc: str | None = None,
     ) -> None:
         """End a claim: `status` 'queued' (retry after `delay` s) or a final status with its reason."""
-        self._batch.settles.append((row_id, token, status, delay, error_code, reason, attempts_delta, bind))
+        self._batch.settles.append((row_id, token, status, delay, error_code, reason, attempts_delta, bind, smsc))
         self._poke()
 
     def receipt(
@@ -238,7 +239,7 @@ class ResultWriter:
             if b.part_marks:
                 await conn.execute(sql.MARK_PARTS_SUBMITTED, *_columns(b.part_marks, 8), timeout=30)
             if b.settles:
-                await conn.execute(sql.SETTLE, *_columns(b.settles, 8), timeout=30)
+                await conn.execute(sql.SETTLE, *_columns(b.settles, 9), timeout=30)
             if b.receipts:
                 await conn.execute(sql.RECORD_RECEIPTS, *_columns(b.receipts, 7), timeout=30)
             if b.inbound:

@@ -97,6 +97,34 @@ class SmscSettings(_Model):
         return self.password.get_secret_value()
 
 
+class RouteSettings(_Model):
+    """Which SMSC(s) carry a row. Routes are tried in order; the first matching route with an SMSC that is
+    up wins (weighted choice among its SMSCs that are up); the next matching route is the failover."""
+
+    smsc: list[str] = Field(min_length=1)
+    weights: list[float] | None = None
+    source: list[str] = Field(default_factory=list, description="short codes / sender ids; empty = any")
+    destination_prefix: list[str] = Field(default_factory=list, description="E.164 digit prefixes; empty = any")
+    message_class: Literal["transactional", "marketing"] | None = None
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> RouteSettings:
+        if self.weights is not None and (len(self.weights) != len(self.smsc) or any(w <= 0 for w in self.weights)):
+            raise ValueError("weights: one positive weight per SMSC of the route")
+        return self
+
+    def matches(self, source: str, number: str, message_class: str) -> bool:
+        """`number`: E.164 digits, or "" when invalid (the row is then routed to be rejected with its reason)."""
+        if self.source and source not in self.source:
+            return False
+        if self.message_class is not None and message_class != self.message_class:
+            return False
+        return not (number and self.destination_prefix and not number.startswith(tuple(self.destination_prefix)))
+
+    def weighted(self) -> list[tuple[str, float]]:
+        return list(zip(self.smsc, self.weights or [1.0] * len(self.smsc), strict=True))
+
+
 class DatabaseSettings(_Model):
     url: SecretStr | None = None
     url_file: Path | None = None
@@ -130,6 +158,9 @@ class DispatcherSettings(_Model):
     quiet_hours_default_tz: str = Field("America/New_York", description="for numbers whose zone is unknown")
     shutdown_timeout: float = Field(10.0, gt=0)
     parked_receipt_days: float = Field(3.0, gt=0)
+    receipt_timeout: float = Field(
+        72 * 3600.0, gt=0, description="a submitted row without a receipt ends 'expired' after this (seconds)"
+    )
 
 
 class InboundSettings(_Model):
@@ -155,6 +186,7 @@ class Settings(BaseSettings):
 
     database: DatabaseSettings = DatabaseSettings()
     smsc: dict[str, SmscSettings] = Field(default_factory=dict)
+    route: list[RouteSettings] = Field(default_factory=list)
     dispatcher: DispatcherSettings = DispatcherSettings()
     metrics: MetricsSettings = MetricsSettings()
     inbound: InboundSettings = InboundSettings()
@@ -174,6 +206,14 @@ class Settings(BaseSettings):
             if not name or len(name) > 32 or not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"SMSC name {name!r} must be 1-32 letters, digits, '-' or '_'")
         return value
+
+    @model_validator(mode="after")
+    def _routes_name_smscs(self) -> Settings:
+        for i, route in enumerate(self.route):
+            for name in route.smsc:
+                if name not in self.smsc:
+                    raise ValueError(f"route.{i}.smsc: {name!r} is not a configured SMSC ({sorted(self.smsc)})")
+        return self
 
     @classmethod
     def settings_customise_sources(

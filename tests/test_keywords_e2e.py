@@ -53,7 +53,11 @@ def keyword_settings(dsn: str, sim: SmscSimulator, **inbound: Any) -> Settings:
                 "reconnect_max": 0.5,
             }
         },
-        dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.2, "retry_base": 0.05},
+        # Quiet hours off: these tests send marketing at whatever time of day they run.
+        dispatcher={
+            "flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.2, "retry_base": 0.05,
+            "quiet_hours": False,
+        },
         inbound={"poll_interval": 0.2, **inbound},
         keywords={SC: KEYWORDS, PHRASES_SC: {**KEYWORDS, "honour_opt_out_phrases": True}},
         metrics={"enabled": False},

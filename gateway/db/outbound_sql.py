@@ -7,11 +7,11 @@ per statement; no transaction is held open between statements.
 
 from __future__ import annotations
 
-# $1 claim token, $2 lease seconds, $3 limit, $4 smsc name
+# $1 claim token, $2 lease seconds, $3 limit. The router picks the SMSC afterwards; marks and settles record it.
 CLAIM = """
 UPDATE outbound_message m
 SET status = 'claimed', claimed_by = $1, claimed_until = now() + make_interval(secs => $2),
-    attempts = m.attempts + 1, smsc = $4, updated_at = now()
+    attempts = m.attempts + 1, updated_at = now()
 WHERE m.id IN (
     SELECT id FROM outbound_message
     WHERE status = 'queued' AND send_after <= now()
@@ -35,7 +35,7 @@ WITH i AS (
 )
 UPDATE outbound_message m
 SET status = COALESCE(parked.status, 'submitted'),
-    smsc_message_id = i.message_id, smsc_msgid_key = i.msgid_key, bind_name = i.bind_name,
+    smsc = i.smsc, smsc_message_id = i.message_id, smsc_msgid_key = i.msgid_key, bind_name = i.bind_name,
     submitted_at = now(), claimed_by = NULL, claimed_until = NULL,
     receipt_stat = parked.receipt_stat,
     error_code = parked.error_code,
@@ -87,7 +87,7 @@ SET status = CASE WHEN a.all_done THEN coalesce(a.fail_status, 'delivered') ELSE
     error_code = CASE WHEN a.all_done THEN a.fail_code END,
     reason = CASE WHEN a.all_done THEN coalesce(a.fail_reason, 'delivered') END,
     done_at = CASE WHEN a.all_done THEN now() END,
-    smsc_message_id = f.message_id, bind_name = f.bind_name, parts = f.total,
+    smsc = f.smsc, smsc_message_id = f.message_id, bind_name = f.bind_name, parts = f.total,
     submitted_at = now(), claimed_by = NULL, claimed_until = NULL, updated_at = now()
 FROM agg a JOIN fenced f ON f.id = a.message_id AND f.seq = 1
 WHERE m.id = a.message_id
@@ -102,10 +102,12 @@ SET status = i.status,
     error_code = i.error_code,
     reason = i.reason,
     bind_name = COALESCE(i.bind_name, m.bind_name),
+    smsc = COALESCE(i.smsc, m.smsc),
     done_at = CASE WHEN i.status = 'queued' THEN NULL ELSE now() END,
     claimed_by = NULL, claimed_until = NULL, updated_at = now()
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::int[], $8::text[])
-    AS i(id, token, status, delay, error_code, reason, attempts_delta, bind_name)
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::int[], $8::text[],
+            $9::text[])
+    AS i(id, token, status, delay, error_code, reason, attempts_delta, bind_name, smsc)
 WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
 """
 
@@ -182,6 +184,13 @@ SET status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,
     done_at = CASE WHEN attempts >= $1 THEN now() END,
     claimed_by = NULL, claimed_until = NULL, updated_at = now()
 WHERE claimed_until < now() AND status = 'claimed'
+"""
+
+# $1 seconds. A submitted row whose receipt never came (the SMSC lost it, or sends none) ends here.
+EXPIRE_SUBMITTED = """
+UPDATE outbound_message
+SET status = 'expired', reason = 'no_receipt_within_timeout', done_at = now(), updated_at = now()
+WHERE status = 'submitted' AND submitted_at < now() - make_interval(secs => $1)
 """
 
 EXPIRE_QUEUED = """

@@ -28,3 +28,6 @@ CREATE TABLE message_part (
     PRIMARY KEY (message_id, seq)
 );
 CREATE INDEX message_part_msgid_idx ON message_part (smsc, smsc_msgid_key);
+
+-- The receipt timeout looks only at rows still waiting for a receipt.
+CREATE INDEX outbound_message_submitted_idx ON outbound_message (submitted_at) WHERE status = 'submitted';

@@ -1,0 +1,138 @@
+"""The claimer and router: claims as many queued rows as the SMSCs that are up can take, and gives each row
+to an SMSC by the configured routes (source / short code, destination prefix, message class, weights).
+
+Rule of this module: a row whose routes all point at SMSCs that are down goes back to the queue to wait (not
+fail) until one is back or it expires; the next matching route is the failover. A row no route matches is
+rejected with reason `no_route`. Without configured routes every SMSC serves every row, equally weighted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from collections import defaultdict
+
+import asyncpg
+
+from gateway.db import outbound_sql as sql
+from gateway.dispatcher import SmscDispatcher
+from gateway.message import normalise_number
+from gateway.results import ResultWriter
+from gateway.settings import DispatcherSettings, RouteSettings
+
+log = logging.getLogger(__name__)
+
+# Where rows wait when every SMSC of their routes is down: the claimer looks again after this.
+_NO_SMSC_RETRY_S = 1.0
+
+
+class Router:
+    """Owns the claim loop for all SMSCs of this instance."""
+
+    def __init__(
+        self,
+        dispatchers: list[SmscDispatcher],
+        routes: list[RouteSettings],
+        settings: DispatcherSettings,
+        pool: asyncpg.Pool,
+        writer: ResultWriter,
+    ) -> None:
+        self.dispatchers = {d.name: d for d in dispatchers}
+        self.routes = routes or [RouteSettings(smsc=list(self.dispatchers))]
+        self.settings = settings
+        self.pool = pool
+        self.writer = writer
+        self._wake = asyncio.Event()
+        self._queue_maybe_empty = False
+        self._tokens = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._rng = random.Random()
+        for d in dispatchers:
+            d.wake_router = self.wake
+
+    def wake(self) -> None:
+        """Rows may be waiting (NOTIFY), a bind came up, or a dispatcher has room again."""
+        self._queue_maybe_empty = False
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._claim_loop(), name="claimer")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def _capacity(self) -> int:
+        return min(sum(d.free_capacity for d in self.dispatchers.values() if d.is_up), self.settings.max_claim)
+
+    async def _claim_loop(self) -> None:
+        backoff = 0.1
+        while not self._stopping:
+            want = self._capacity()
+            if want <= 0 or self._queue_maybe_empty:
+                await self._wait(self.settings.poll_interval)
+                continue
+            rows: list[tuple[str, asyncpg.Record]] = []
+            try:
+                rows = await self._claim(want)
+                if rows:
+                    await self._route(rows)
+            except Exception as exc:  # the database may be restarting; the claimer must outlive it
+                log.warning("claim failed", extra={"error": f"{type(exc).__name__}: {exc}"})
+                for token, record in rows:  # claimed but not handed over: give them back untouched
+                    self.writer.settle(record["id"], token, "queued", reason="claim_failed", attempts_delta=-1)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            if len(rows) < want:
+                self._queue_maybe_empty = True
+
+    async def _wait(self, timeout: float) -> None:
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout * random.uniform(0.8, 1.2))
+        except TimeoutError:
+            self._queue_maybe_empty = False  # the fallback poll: a NOTIFY may have been missed
+
+    async def _claim(self, limit: int) -> list[tuple[str, asyncpg.Record]]:
+        token = f"{self.settings.instance}:{next(self._tokens)}"
+        rows = await self.pool.fetch(sql.CLAIM, token, self.settings.lease_seconds, limit, timeout=30)
+        return [(token, r) for r in rows]
+
+    async def _route(self, rows: list[tuple[str, asyncpg.Record]]) -> None:
+        by_smsc: dict[str, list[tuple[str, asyncpg.Record]]] = defaultdict(list)
+        for token, record in rows:
+            choice = self.pick(record["source"], record["destination"], record["message_class"])
+            if isinstance(choice, SmscDispatcher):
+                by_smsc[choice.name].append((token, record))
+            elif choice == "no_route":
+                self.writer.settle(record["id"], token, "rejected", reason="no_route")
+            else:
+                self.writer.settle(
+                    record["id"], token, "queued", delay=_NO_SMSC_RETRY_S, reason="no_smsc_available",
+                    attempts_delta=-1,
+                )
+        for name, batch in by_smsc.items():
+            await self.dispatchers[name].accept(batch)
+
+    def pick(self, source: str, destination: str, message_class: str) -> SmscDispatcher | str:
+        """The SMSC for a row, or 'no_route' (nothing matches) / 'wait' (every matching SMSC is down)."""
+        number = normalise_number(destination, self.settings.default_region) or ""
+        matched = False
+        for route in self.routes:
+            if not route.matches(source.strip(), number, message_class):
+                continue
+            matched = True
+            up = [(self.dispatchers[n], w) for n, w in route.weighted() if self.dispatchers[n].is_up]
+            if up:
+                return self._rng.choices([d for d, _ in up], [w for _, w in up])[0]
+        return "wait" if matched else "no_route"
