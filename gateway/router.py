@@ -61,9 +61,15 @@ class Router:
     def start(self) -> None:
         self._task = asyncio.create_task(self._claim_loop(), name="claimer")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Finish the claim in progress (its rows reach a dispatcher or go back), then stop claiming."""
         self._stopping = True
-        if self._task is not None:
+        self._wake.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        except TimeoutError:
             self._task.cancel()
             try:
                 await self._task
@@ -81,20 +87,29 @@ class Router:
                 await self._wait(self.settings.poll_interval)
                 continue
             rows: list[tuple[str, asyncpg.Record]] = []
+            unhanded: dict[int, tuple[str, asyncpg.Record]] = {}
             try:
                 rows = await self._claim(want)
+                unhanded = {record["id"]: (token, record) for token, record in rows}
                 if rows:
-                    await self._route(rows)
+                    await self._route(unhanded)
+            except asyncio.CancelledError:
+                self._give_back(unhanded, "claim_cancelled")
+                raise
             except Exception as exc:  # the database may be restarting; the claimer must outlive it
                 log.warning("claim failed", extra={"error": f"{type(exc).__name__}: {exc}"})
-                for token, record in rows:  # claimed but not handed over: give them back untouched
-                    self.writer.settle(record["id"], token, "queued", reason="claim_failed", attempts_delta=-1)
+                self._give_back(unhanded, "claim_failed")
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
             if len(rows) < want:
                 self._queue_maybe_empty = True
+
+    def _give_back(self, rows: dict[int, tuple[str, asyncpg.Record]], reason: str) -> None:
+        """Claimed rows not yet handed to a dispatcher go back untouched."""
+        for token, record in rows.values():
+            self.writer.settle(record["id"], token, "queued", reason=reason, attempts_delta=-1)
 
     async def _wait(self, timeout: float) -> None:
         self._wake.clear()
@@ -108,13 +123,16 @@ class Router:
         rows = await self.pool.fetch(sql.CLAIM, token, self.settings.lease_seconds, limit, timeout=30)
         return [(token, r) for r in rows]
 
-    async def _route(self, rows: list[tuple[str, asyncpg.Record]]) -> None:
+    async def _route(self, rows: dict[int, tuple[str, asyncpg.Record]]) -> None:
+        """Hand each row to its SMSC's dispatcher (or settle it); handed rows are removed from `rows`."""
         by_smsc: dict[str, list[tuple[str, asyncpg.Record]]] = defaultdict(list)
-        for token, record in rows:
+        for token, record in list(rows.values()):
             choice = self.pick(record["source"], record["destination"], record["message_class"])
             if isinstance(choice, SmscDispatcher):
                 by_smsc[choice.name].append((token, record))
-            elif choice == "no_route":
+                continue
+            del rows[record["id"]]
+            if choice == "no_route":
                 self.writer.settle(record["id"], token, "rejected", reason="no_route")
             else:
                 self.writer.settle(
@@ -123,6 +141,8 @@ class Router:
                 )
         for name, batch in by_smsc.items():
             await self.dispatchers[name].accept(batch)
+            for _, record in batch:
+                del rows[record["id"]]
 
     def pick(self, source: str, destination: str, message_class: str) -> SmscDispatcher | str:
         """The SMSC for a row, or 'no_route' (nothing matches) / 'wait' (every matching SMSC is down)."""
