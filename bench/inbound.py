@@ -64,10 +64,17 @@ def write_config(path: Path, dsn: str, sim_port: int) -> None:
     )
 
 
-async def wait_handled(conn: asyncpg.Connection, n: int, timeout: float, t0: float) -> float | None:
-    """Seconds from `t0` until `n` MOs are handled, or None on timeout."""
+async def wait_handled(
+    conn: asyncpg.Connection, n: int, timeout: float, t0: float, progress: list[int] | None = None
+) -> float | None:
+    """Seconds from `t0` until `n` MOs are handled, or None on timeout; `progress` gets the count each second."""
+    next_mark = t0 + 1.0
     while time.monotonic() - t0 < timeout:
-        if await conn.fetchval("SELECT count(*) FROM inbound_message WHERE handled_at IS NOT NULL") >= n:
+        handled = await conn.fetchval("SELECT count(*) FROM inbound_message WHERE handled_at IS NOT NULL")
+        if progress is not None and time.monotonic() >= next_mark:
+            progress.append(handled)
+            next_mark += 1.0
+        if handled >= n:
             return time.monotonic() - t0
         await asyncio.sleep(0.05)
     return None
@@ -131,7 +138,8 @@ async def main() -> int:
             for i in range(args.burst):
                 text = rng.choices([t for t, _ in MIX], [w for _, w in MIX])[0]
                 await sim.inject_mo(f"1{3025000000 + i}", SHORT_CODE, text)
-            burst_s = await wait_handled(conn, before + args.burst, args.time_limit, t0)
+            progress: list[int] = []
+            burst_s = await wait_handled(conn, before + args.burst, args.time_limit, t0, progress)
             c1 = proc.cpu_times()
             burst_cpu = (c1.user + c1.system) - (c0.user + c0.system)
             statuses = dict(await conn.fetch("SELECT intent, count(*) FROM inbound_message GROUP BY 1"))
@@ -152,6 +160,7 @@ async def main() -> int:
             "fixed_rate_mos": n,
             "burst_mos": args.burst,
             "burst_gateway_cpu_cores": round(burst_cpu / burst_s, 2) if burst_s else None,
+            "burst_handled_each_second": [p - before for p in progress],
             "intents": statuses,
             "replies_enqueued": replies,
             "gateway_exit_code": exit_code,
