@@ -38,7 +38,7 @@ def _samples(n: int, run_id: str) -> tuple[list[str], list[str], list[str]]:
         key.append(f"demo-{run_id}-{i}")
     # Bad rows: they must end 'rejected' with a reason, never crash anything.
     dest += ["not-a-number", "+12025550100", "+12025550101"]
-    body += ["bad number", "", "x" * 400]
+    body += ["bad number", "", "x" * 1200]  # 1,200 characters: 8 parts, over the limit of 6
     key += [f"demo-{run_id}-bad-{j}" for j in range(3)]
     return dest, body, key
 
