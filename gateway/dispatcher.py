@@ -140,6 +140,7 @@ class BindWorker:
             metrics.BIND_UP.labels(self.d.name, self.name).set(0)
             log.warning("bind lost", extra={"bind": self.name, "reason": conn.close_reason})
             self.conn = None
+            self._drop_current("connection_lost")
             self.d.bind_lost()
             await self._sleep(smsc.reconnect_min * random.uniform(0.5, 1.0))
 
@@ -192,10 +193,14 @@ class BindWorker:
         """Send nothing more; the connection stays up for responses and receipts until `stop`."""
         self._stopping = True
         self._wake.set()
-        if self._current is not None:  # parts of a message left unsent: the message goes back to the queue
+        self._drop_current("released_on_shutdown")
+
+    def _drop_current(self, reason: str) -> None:
+        """Parts of a message left unsent on this bind: the whole message goes back to the queue."""
+        if self._current is not None:
             item, self._current = self._current, None
             for seq, _ in item.parts:
-                self.d.part_failed(item, seq, None, "released_on_shutdown", retry=True, bind=self)
+                self.d.part_failed(item, seq, None, reason, retry=True, bind=self, immediate=True)
 
     async def stop(self, timeout: float) -> None:
         """Stop sending, unbind cleanly (bounded) and end the task."""
@@ -212,7 +217,7 @@ class BindWorker:
 
 
 class SmscDispatcher:
-    """Claims rows for one SMSC and feeds its binds."""
+    """One SMSC account: its binds, the rows the router handed it, and what the SMSC answers."""
 
     def __init__(
         self,
