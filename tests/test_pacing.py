@@ -8,6 +8,7 @@ import asyncio
 import asyncpg
 import pytest
 from gw import enqueue, running_gateway, settings_for, wait_status
+from prometheus_client import REGISTRY
 
 from gateway.simulator import SimulatorConfig, SmscSimulator
 
@@ -48,8 +49,9 @@ async def test_throttling_converges_below_the_smsc_limit_without_failures(db_poo
         throttled = sim.stats.throttled
     assert c == {"delivered": 1500}
     assert throttled > 0
-    # The effective rate came down from "unlimited" to the neighbourhood of the SMSC's limit.
+    # The effective rate came down from "unlimited" to the neighbourhood of the SMSC's limit, and ops see it.
     assert 20 <= rate <= 260, rate
+    assert REGISTRY.get_sample_value("smsgw_effective_rate", {"smsc": "sim"}) == pytest.approx(rate)
 
 
 async def test_two_instances_split_the_account_rate(db_pool: asyncpg.Pool, db_dsn: str) -> None:
