@@ -1,6 +1,6 @@
-"""MO keyword handling: normalise a message, match it per short code, and render the reply.
-
-Pure logic (no I/O): the inbound router matches, the handlers act on the ``Match`` and queue the reply.
+"""MO keyword handling: normalise a message, match it per short code, render the reply (pure logic in
+``normalise``, ``matcher``, ``config``, ``templates``), and the MO processor that applies it with Postgres
+(``processor``, its SQL in ``sql``): reassembly, dedup, consent ledger, replies through the queue.
 """
 
 from __future__ import annotations
