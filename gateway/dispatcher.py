@@ -30,7 +30,17 @@ from gateway.settings import DispatcherSettings, SmscSettings
 from gateway.smpp import session as smpp_session
 from gateway.smpp.client import BindError, ConnectionClosedError, RequestTimeoutError, SmppConnection, connect
 from gateway.smpp.codec import PduEncodeError
-from gateway.smpp.pdu import BindTransceiver, GenericNack, Pdu, SubmitSm, SubmitSmResp, status_name
+from gateway.smpp.pdu import (
+    BindReceiver,
+    BindTransceiver,
+    BindTransmitter,
+    GenericNack,
+    Pdu,
+    SubmitSm,
+    SubmitSmResp,
+    _Bind,
+    status_name,
+)
 from gateway.smpp.receipt import msgid_key
 from keywords import sql as consent_sql
 from throughput import AdaptiveRate, TokenBucket
@@ -65,9 +75,11 @@ class _Item:
 class BindWorker:
     """One bind to the SMSC: connect, bind, send while bound, re-bind with back-off and jitter."""
 
-    def __init__(self, dispatcher: SmscDispatcher, index: int) -> None:
+    def __init__(self, dispatcher: SmscDispatcher, index: int, bind_class: type[_Bind] = BindTransceiver) -> None:
         self.d = dispatcher
-        self.name = f"{dispatcher.name}-{index}"
+        self.bind_class = bind_class
+        suffix = {BindTransmitter: "tx", BindReceiver: "rx"}.get(bind_class, "")
+        self.name = f"{dispatcher.name}-{suffix}{index}"
         smsc = dispatcher.smsc
         self.bucket = TokenBucket(smsc.bind_tps, smsc.burst, catch_up=PACING_CATCH_UP)
         self.conn: SmppConnection | None = None
@@ -111,10 +123,11 @@ class BindWorker:
                     timeout=smsc.connect_timeout,
                 )
                 bound = await conn.bind(
-                    BindTransceiver(
+                    self.bind_class(
                         system_id=smsc.system_id,
                         password=smsc.resolved_password(),
                         system_type=smsc.system_type,
+                        interface_version=smsc.interface_version,
                     )
                 )
             except (OSError, TimeoutError, BindError, ConnectionClosedError, PduEncodeError) as exc:
@@ -239,7 +252,11 @@ class SmscDispatcher:
         self.adaptive = AdaptiveRate(smsc.tps)
         self.account_bucket = TokenBucket(smsc.tps, smsc.burst, catch_up=PACING_CATCH_UP)
         metrics.EFFECTIVE_RATE.labels(name).set(smsc.tps)
-        self.binds = [BindWorker(self, i) for i in range(smsc.binds)]
+        if smsc.bind_mode == "pair":
+            self.binds = [BindWorker(self, i, BindTransmitter) for i in range(smsc.binds)]
+            self.binds += [BindWorker(self, i, BindReceiver) for i in range(smsc.receivers)]
+        else:
+            self.binds = [BindWorker(self, i) for i in range(smsc.binds)]
         self._ready: collections.deque[_Item] = collections.deque()
         self._ready_event = asyncio.Event()
         self.wake_router: Callable[[], None] = lambda: None  # set by the router that feeds this dispatcher

@@ -39,7 +39,12 @@ class SmscSettings(_Model):
     password: SecretStr | None = None
     password_file: Path | None = None
     system_type: str = Field("", max_length=12)
-    binds: int = Field(1, ge=1, le=64, description="transceiver binds opened to this SMSC")
+    binds: int = Field(1, ge=1, le=64, description="sending binds: transceivers, or transmitters in 'pair' mode")
+    bind_mode: Literal["transceiver", "pair"] = Field(
+        "transceiver", description="pair: transmitter binds plus `receivers` receiver binds (SMSCs without TRX)"
+    )
+    receivers: int = Field(1, ge=1, le=16, description="receiver binds in 'pair' mode")
+    interface_version: int = Field(0x34, ge=0, le=0xFF, description="0x34 = SMPP 3.4; some SMSCs want 0x33")
     window: int = Field(10, ge=1, le=1000, description="unanswered submit_sm per bind")
     tps: float = Field(0.0, ge=0, description="account messages per second (all binds, all instances); 0 = none")
     bind_tps: float = Field(0.0, ge=0, description="limit per bind, on top of the account's; 0 = none")

@@ -366,3 +366,18 @@ async def test_quiet_hours_defer_marketing_but_not_transactional(
     marketing = rows["marketing"]
     assert (marketing["status"], marketing["reason"], marketing["attempts"]) == ("queued", "quiet_hours", 0)
     assert timedelta(hours=1, minutes=55) <= marketing["wait"] <= timedelta(hours=2, minutes=1)
+
+
+async def test_transmitter_receiver_pair_for_smscs_without_transceiver(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
+) -> None:
+    await enqueue(db_pool, 200)
+    settings = settings_for(db_dsn, sim, bind_mode="pair", binds=2, receivers=1, interface_version=0x34)
+    async with running_gateway(settings):
+        c = await wait_status(db_pool, "delivered", 200, timeout=30)
+        assert sim.bound() == 3 and sim.bound(receivers_only=True) == 1
+        delivery = await sim.inject_mo("15551230001", "12345", "hello")
+        assert await sim.wait_for(lambda: delivery.acked, timeout=10)
+    assert c == {"delivered": 200}
+    binds = {r["bind_name"] for r in await db_pool.fetch("SELECT DISTINCT bind_name FROM outbound_message")}
+    assert binds <= {"sim-tx0", "sim-tx1"} and binds
