@@ -20,12 +20,14 @@ import heapq
 import itertools
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 from types import TracebackType
 from typing import Final, cast
 
@@ -121,6 +123,9 @@ class SimulatorConfig:
     tps_limit: float | None = None  # accepted submit_sm/s over the whole simulator; above it ESME_RTHROTTLED
     max_window: int | None = None  # unanswered submits per bind above this get ESME_RMSGQFUL
     seed: int = 1
+    # TLS: serve SMPP over TLS with this certificate chain and key (PEM files); None = plain TCP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # -- extras ---------------------------------------------------------------------------------------
     response_delay: float = 0.0  # initial value of `SmscSimulator.response_delay`
     ignore_enquire_link: bool = False  # initial value of `SmscSimulator.ignore_enquire_link`
@@ -504,8 +509,13 @@ class SmscSimulator:
         if self.config.tps_limit is not None:
             rate = self.config.tps_limit
             self._bucket = TokenBucket(rate, burst=max(1.0, rate), now=time.monotonic())
+        ssl_context = None
+        if self.config.tls_cert is not None:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         self._server = await loop.create_server(
-            lambda: _Connection(self, next(self._connection_numbers)), self.config.host, self.config.port
+            lambda: _Connection(self, next(self._connection_numbers)), self.config.host, self.config.port,
+            ssl=ssl_context,
         )
         self._port = self._server.sockets[0].getsockname()[1]
         self._ticker = asyncio.create_task(self._run_ticker(), name=f"smsc-simulator-{self._port}")

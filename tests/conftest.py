@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import subprocess
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -69,3 +71,15 @@ async def db_pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
             await asyncio.wait_for(pool.close(), _POOL_TIMEOUT_S)
         except TimeoutError:
             pool.terminate()
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM), made with the machine's openssl command."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key

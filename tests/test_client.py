@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 
 import pytest
 
@@ -96,3 +98,19 @@ async def test_abrupt_disconnect_fails_in_flight_requests() -> None:
         with pytest.raises(ConnectionClosedError):
             await asyncio.wait_for(fut, 5)
         assert conn.is_closed
+
+
+async def test_tls_bind_and_submit(self_signed: tuple[Path, Path]) -> None:
+    cert, key = self_signed
+    async with SmscSimulator(SimulatorConfig(tls_cert=cert, tls_key=key)) as sim:
+        context = ssl.create_default_context(cafile=cert)  # verifies the chain and the 127.0.0.1 name
+        conn = await connect("127.0.0.1", sim.port, s.Session(), name="tls", on_request=lambda c, p: None,
+                             ssl_context=context)
+        await conn.bind(BindTransceiver(system_id="smsgw", password="secret"))
+        resp = await conn.send_request(SubmitSm(destination_addr="15551234567", short_message=b"over TLS"))
+        assert resp.command_status == 0 and sim.submits[0].text == "over TLS"
+        await conn.unbind(timeout=2)
+        # A client that does not trust the certificate never gets a session.
+        with pytest.raises(ssl.SSLError):
+            await connect("127.0.0.1", sim.port, s.Session(), name="tls", on_request=lambda c, p: None,
+                          ssl_context=ssl.create_default_context())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -381,3 +382,12 @@ async def test_transmitter_receiver_pair_for_smscs_without_transceiver(
     assert c == {"delivered": 200}
     binds = {r["bind_name"] for r in await db_pool.fetch("SELECT DISTINCT bind_name FROM outbound_message")}
     assert binds <= {"sim-tx0", "sim-tx1"} and binds
+
+
+async def test_tls_to_the_smsc(db_pool: asyncpg.Pool, db_dsn: str, self_signed: tuple[Path, Path]) -> None:
+    cert, key = self_signed
+    async with SmscSimulator(SimulatorConfig(tls_cert=cert, tls_key=key, receipt_delay=0.01)) as tls_sim:
+        await enqueue(db_pool, 20)
+        async with running_gateway(settings_for(db_dsn, tls_sim, tls=True, tls_ca_file=cert)):
+            c = await wait_status(db_pool, "delivered", 20, timeout=20)
+    assert c == {"delivered": 20}
