@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,11 +36,6 @@ SHORT_CODE = "12345"
 MIX = [("STOP", 0.1), ("HELP", 0.2), ("JOIN NEWS", 0.2), ("START", 0.1), ("what are your hours?", 0.4)]
 REPLYING = {"STOP", "HELP", "JOIN NEWS", "START"}
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float | None:

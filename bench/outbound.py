@@ -26,17 +26,12 @@ from pathlib import Path
 import asyncpg
 import psutil
 
-from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.embedded import EmbeddedPostgres, free_port
 from gateway.db.migrate import migrate
 
 REPO = Path(__file__).resolve().parent.parent
 SMSGW = str(Path(sys.executable).with_name("smsgw"))
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float) -> None:

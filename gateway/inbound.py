@@ -8,6 +8,7 @@ so nothing an SMSC sends is lost.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from gateway import metrics
 from gateway.results import ResultWriter
@@ -82,7 +83,7 @@ class InboundHandler:
             ack,
         )
 
-    def _store_inbound(self, pdu: DeliverSm | DataSm, payload: bytes, ack: object) -> None:
+    def _store_inbound(self, pdu: DeliverSm | DataSm, payload: bytes, ack: Callable[[], None]) -> None:
         self.writer.inbound(
             self.smsc_name,
             pdu.source_addr,
@@ -91,7 +92,7 @@ class InboundHandler:
             pdu.data_coding,
             pdu.esm_class,
             payload,
-            ack,  # type: ignore[arg-type]
+            ack,
         )
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -16,18 +15,13 @@ import asyncpg
 import pytest
 from gw import counts, enqueue, running_gateway, settings_for, wait_status
 
-from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.embedded import EmbeddedPostgres, free_port
 from gateway.db.migrate import migrate
 from gateway.settings import ConfigError, load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 
 SMSGW = str(Path(sys.executable).with_name("smsgw"))
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _write_config(path: Path, dsn: str, sim_port: int, *, tps: float = 0, metrics_port: int = 0) -> Path:
@@ -67,7 +61,7 @@ async def test_sigterm_mid_run_leaves_no_row_claimed(db_pool: asyncpg.Pool, db_d
 
 
 async def test_postgres_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "pg", port=_free_port(), shared_buffers="32MB")
+    pg = EmbeddedPostgres(tmp_path / "pg", port=free_port(), shared_buffers="32MB")
     await asyncio.to_thread(pg.start)
     try:
         conn = await asyncpg.connect(pg.dsn())

@@ -4,7 +4,6 @@ observed as submit_sm at the simulator."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,7 @@ import pytest_asyncio
 from gw import running_gateway, wait_final
 from pg import listening
 
-from gateway.db.embedded import EmbeddedPostgres
+from gateway.db.embedded import EmbeddedPostgres, free_port
 from gateway.db.migrate import migrate
 from gateway.settings import InboundSettings, Settings, load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
@@ -246,14 +245,9 @@ async def test_redelivered_mo_is_handled_once(db_pool: asyncpg.Pool, db_dsn: str
     assert len(replies_to(sim, "15550000050")) == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 async def test_mo_is_acked_only_after_commit(tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "pg", port=_free_port(), shared_buffers="32MB")
+    pg = EmbeddedPostgres(tmp_path / "pg", port=free_port(), shared_buffers="32MB")
     await asyncio.to_thread(pg.start)
     try:
         conn = await asyncpg.connect(pg.dsn())

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
 import asyncpg
 from gw import ENQUEUE, counts, enqueue, running_gateway, wait_status
 
+from gateway.db.embedded import free_port
 from gateway.settings import Settings, load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 
@@ -24,11 +24,6 @@ def two_smsc_settings(dsn: str, a: int, b: int, routes: list[dict[str, Any]]) ->
         metrics={"enabled": False},
     )
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_routes_by_source_prefix_and_class(db_pool: asyncpg.Pool, db_dsn: str) -> None:

@@ -84,7 +84,7 @@ def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     """Ask the kernel for a free TCP port on 127.0.0.1 (another process may still take it before we bind)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
@@ -147,7 +147,7 @@ class EmbeddedPostgres:
             self._initdb()
         attempts = 1 if self._requested_port is not None else _PORT_ATTEMPTS
         for attempt in range(1, attempts + 1):
-            self.port = self._requested_port if self._requested_port is not None else _free_port()
+            self.port = self._requested_port if self._requested_port is not None else free_port()
             try:
                 self._pg_ctl_start()
             except EmbeddedPostgresError:

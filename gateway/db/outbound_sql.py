@@ -46,6 +46,18 @@ FROM i LEFT JOIN parked ON parked.smsc = i.smsc AND parked.msgid_key = i.msgid_k
 WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
 """
 
+# The outcome of multi-part messages from the states of their parts ({parts}: message_id, seq, status,
+# receipt_stat, error_code, reason): final when no part is still 'submitted'; delivered when every part is,
+# else the first failing part (by seq) decides. One rule for the mark and for receipts.
+_PART_OUTCOMES = """
+    SELECT message_id, bool_and(status <> 'submitted') AS all_done,
+           (array_agg(status ORDER BY seq) FILTER (WHERE failing))[1] AS fail_status,
+           (array_agg(receipt_stat ORDER BY seq) FILTER (WHERE failing))[1] AS fail_stat,
+           (array_agg(error_code ORDER BY seq) FILTER (WHERE failing))[1] AS fail_code,
+           (array_agg(reason ORDER BY seq) FILTER (WHERE failing))[1] AS fail_reason
+    FROM (SELECT *, status NOT IN ('submitted', 'delivered') AS failing FROM ({parts}) y) x
+    GROUP BY message_id"""
+
 # All parts of a multi-part message accepted: one row per part (receipts parked before are consumed), and the
 # message is 'submitted' (or final at once, when every part's receipt was already parked).
 MARK_PARTS_SUBMITTED = """
@@ -73,13 +85,7 @@ WITH i AS (
             submitted_at = now(), done_at = EXCLUDED.done_at
     RETURNING mp.message_id, mp.seq, mp.status, mp.receipt_stat, mp.error_code, mp.reason
 ), agg AS (
-    SELECT message_id, bool_and(status <> 'submitted') AS all_done,
-           (array_agg(status ORDER BY seq) FILTER (WHERE failing))[1] AS fail_status,
-           (array_agg(receipt_stat ORDER BY seq) FILTER (WHERE failing))[1] AS fail_stat,
-           (array_agg(error_code ORDER BY seq) FILTER (WHERE failing))[1] AS fail_code,
-           (array_agg(reason ORDER BY seq) FILTER (WHERE failing))[1] AS fail_reason
-    FROM (SELECT *, status NOT IN ('submitted', 'delivered') AS failing FROM parts) x
-    GROUP BY message_id
+""" + _PART_OUTCOMES.format(parts="SELECT message_id, seq, status, receipt_stat, error_code, reason FROM parts") + """
 )
 UPDATE outbound_message m
 SET status = CASE WHEN a.all_done THEN coalesce(a.fail_status, 'delivered') ELSE 'submitted' END,
@@ -132,20 +138,12 @@ WITH i AS (
     WHERE p.smsc = i.smsc AND p.smsc_msgid_key = i.msgid_key AND p.status = 'submitted'
     RETURNING p.message_id, p.seq, p.status, p.receipt_stat, p.error_code, p.reason
 ), agg AS (
-    SELECT message_id, bool_and(status <> 'submitted') AS all_done,
-           (array_agg(status ORDER BY seq) FILTER (WHERE failing))[1] AS fail_status,
-           (array_agg(receipt_stat ORDER BY seq) FILTER (WHERE failing))[1] AS fail_stat,
-           (array_agg(error_code ORDER BY seq) FILTER (WHERE failing))[1] AS fail_code,
-           (array_agg(reason ORDER BY seq) FILTER (WHERE failing))[1] AS fail_reason
-    FROM (
+""" + _PART_OUTCOMES.format(parts="""
         SELECT p.message_id, p.seq, coalesce(n.status, p.status) AS status,
                coalesce(n.receipt_stat, p.receipt_stat) AS receipt_stat,
-               coalesce(n.error_code, p.error_code) AS error_code, coalesce(n.reason, p.reason) AS reason,
-               coalesce(n.status, p.status) NOT IN ('submitted', 'delivered') AS failing
+               coalesce(n.error_code, p.error_code) AS error_code, coalesce(n.reason, p.reason) AS reason
         FROM message_part p LEFT JOIN part n ON n.message_id = p.message_id AND n.seq = p.seq
-        WHERE p.message_id IN (SELECT message_id FROM part)
-    ) x
-    GROUP BY message_id
+        WHERE p.message_id IN (SELECT message_id FROM part)""") + """
 ), done AS (
     UPDATE outbound_message m
     SET status = coalesce(a.fail_status, 'delivered'), receipt_stat = coalesce(a.fail_stat, 'DELIVRD'),

@@ -139,6 +139,11 @@ class EsmClass:
 INTERFACE_VERSION_34 = 0x34
 
 
+def is_receipt_class(esm_class: int) -> bool:
+    """esm_class of an SMSC delivery receipt or intermediate notification (mask 0x3C, spec §5.2.12)."""
+    return esm_class & EsmClass.TYPE_MASK in (EsmClass.DELIVERY_RECEIPT, EsmClass.INTERMEDIATE_NOTIFICATION)
+
+
 @dataclass(frozen=True, slots=True)
 class Pdu:
     """Base of every PDU: the header fields that are not derived from the body."""
@@ -297,8 +302,7 @@ class DeliverSm(_ShortMessage):
     @property
     def is_receipt(self) -> bool:
         """True for an SMSC delivery receipt or an intermediate notification (not an MO)."""
-        kind = self.esm_class & EsmClass.TYPE_MASK
-        return kind in (EsmClass.DELIVERY_RECEIPT, EsmClass.INTERMEDIATE_NOTIFICATION)
+        return is_receipt_class(self.esm_class)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,8 +333,8 @@ class DataSm(_TlvMixin):
 
     @property
     def is_receipt(self) -> bool:
-        kind = self.esm_class & EsmClass.TYPE_MASK
-        return kind in (EsmClass.DELIVERY_RECEIPT, EsmClass.INTERMEDIATE_NOTIFICATION)
+        """True for a receipt carried by data_sm (some SMSCs send them so)."""
+        return is_receipt_class(self.esm_class)
 
 
 @dataclass(frozen=True, slots=True)
