@@ -6,6 +6,10 @@ the time limit passes, and prints the figures; the last line is one JSON object.
 
     .venv/bin/python bench/outbound.py --messages 100000
     .venv/bin/python bench/outbound.py --smsc 127.0.0.1:2775 --system-id me --password pw
+    .venv/bin/python bench/outbound.py --messages 20000 --id-quirk hex-resp-decimal-receipt
+
+`--id-quirk` makes the simulator write ids in one base in submit_sm_resp and in the other in receipts; the
+gateway gets no id setting (automatic matching), and the run must still end with every row final.
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ from gateway.db.embedded import EmbeddedPostgres, free_port
 from gateway.db.migrate import migrate
 
 REPO = Path(__file__).resolve().parent.parent
+# --id-quirk -> (simulator --message-id-format, --receipt-id-format)
+ID_QUIRKS = {
+    "none": ("decimal", "decimal"),
+    "hex-resp-decimal-receipt": ("hex", "decimal"),
+    "decimal-resp-hex-receipt": ("decimal", "hex"),
+}
 SMSGW = str(Path(sys.executable).with_name("smsgw"))
 
 
@@ -115,7 +125,13 @@ async def main() -> int:
     ap.add_argument("--system-id", default="bench")
     ap.add_argument("--password", default="benchpw")
     ap.add_argument("--body", default="Your verification code is 123456. Reply STOP to opt out.")
+    ap.add_argument(
+        "--id-quirk", choices=sorted(ID_QUIRKS), default="none",
+        help="simulator writes submit_sm_resp and receipt ids in different bases (gateway id settings untouched)",
+    )
     args = ap.parse_args()
+    if args.smsc and args.id_quirk != "none":
+        ap.error("--id-quirk configures the simulator; it cannot be used with --smsc")
 
     tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-"))
     pg = EmbeddedPostgres(tmp / "pg")
@@ -135,7 +151,9 @@ async def main() -> int:
             host, smsc_port = "127.0.0.1", free_port()
             procs.append(subprocess.Popen(
                 [SMSGW, "simulate-smsc", "--port", str(smsc_port), "--system-id", args.system_id,
-                 "--password", args.password, "--receipt-delay", str(args.receipt_delay)],
+                 "--password", args.password, "--receipt-delay", str(args.receipt_delay),
+                 "--message-id-format", ID_QUIRKS[args.id_quirk][0],
+                 "--receipt-id-format", ID_QUIRKS[args.id_quirk][1]],
                 stdout=subprocess.DEVNULL, stderr=open(tmp / "simulator.log", "wb"),
             ))
             wait_port(smsc_port, 15)
@@ -197,6 +215,10 @@ async def main() -> int:
         delivered_with_receipt = await conn.fetchval(
             "SELECT count(*) FROM outbound_message WHERE receipt_stat IS NOT NULL"
         )
+        not_final = await conn.fetchval(
+            "SELECT count(*) FROM outbound_message WHERE status IN ('queued', 'claimed', 'submitted')"
+        )
+        parked = await conn.fetchval("SELECT count(*) FROM pending_receipt")
         await conn.close()
         run_s = (row["last_done"] - t_start_db).total_seconds() if row["last_done"] else elapsed
         rtt = histogram_quantiles(metrics_text, "smsgw_submit_rtt_seconds", (0.5, 0.99))
@@ -207,6 +229,9 @@ async def main() -> int:
             "msg_per_s": round(args.messages / run_s, 1) if ok else None,
             "run_s": round(run_s, 2),
             "receipts_recorded": delivered_with_receipt,
+            "all_final": not_final == 0,
+            "not_final": not_final,
+            "receipts_parked": parked,
             "submit_rtt_p50_ms": None if rtt[0.5] is None else round(rtt[0.5] * 1000, 2),
             "submit_rtt_p99_ms": None if rtt[0.99] is None else round(rtt[0.99] * 1000, 2),
             "enqueue_to_submit_p50_ms": None if row["q50"] is None else round(row["q50"] * 1000, 1),
@@ -220,6 +245,7 @@ async def main() -> int:
             "settings": {
                 "binds": args.binds, "window": args.window, "tps": args.tps, "receipt_delay_s": args.receipt_delay,
                 "smsc": args.smsc or "simulator (separate process)", "cpus": os.cpu_count(),
+                "id_quirk": args.id_quirk,
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         }
@@ -229,7 +255,8 @@ async def main() -> int:
         print(f"enqueue->submit p50/p99 {result['enqueue_to_submit_p50_ms']}/{result['enqueue_to_submit_p99_ms']} ms")
         print(f"cpu cores: gateway {result['gateway_cpu_cores']}  postgres {result['postgres_cpu_cores']};"
               f" gateway peak rss {result['gateway_peak_rss_mb']} MB")
-        print(f"statuses {statuses}")
+        print(f"statuses {statuses}; every row final: {not_final == 0} ({not_final} not final),"
+              f" receipts recorded {delivered_with_receipt}, parked {parked}")
         if not ok:
             print(f"FAILED: not every message final after {args.time_limit} s (logs in {tmp})", file=sys.stderr)
         print(json.dumps(result))

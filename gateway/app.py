@@ -21,6 +21,7 @@ from gateway.dispatcher import SmscDispatcher
 from gateway.results import ResultWriter
 from gateway.router import Router
 from gateway.settings import Settings
+from keywords.consent_watch import CONSENT_CHANNEL, ConsentWatch
 from keywords.matcher import KeywordMatcher
 from keywords.processor import MoProcessor
 
@@ -44,6 +45,7 @@ class Gateway:
         self.router: Router | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
+        self.consent_watch: ConsentWatch | None = None
 
     async def start(self, *, apply_migrations: bool = True) -> None:
         """Connect, migrate, bind and start dispatching.
@@ -74,11 +76,17 @@ class Gateway:
             flush_interval=d.flush_interval,
             flush_max_rows=d.flush_max_rows,
             on_mo_committed=self.mo_processor.wake,
+            max_pending=d.writer_max_pending,
+            receipt_timeout=d.receipt_timeout,
+            parked_match_seconds=d.parked_receipt_match_seconds,
         )
         self.writer.start()
         self.mo_processor.start()
+        # Rows wait in a buffer at most about two leases; consent changes older than that cannot concern them.
+        self.consent_watch = ConsentWatch(keep_seconds=2 * d.lease_seconds + 60)
         self.dispatchers = [
-            SmscDispatcher(name, smsc, d, self.pool, self.writer) for name, smsc in s.smsc.items()
+            SmscDispatcher(name, smsc, d, self.pool, self.writer, consent_watch=self.consent_watch)
+            for name, smsc in s.smsc.items()
         ]
         self.router = Router(self.dispatchers, s.route, d, self.pool, self.writer)
         for disp in self.dispatchers:
@@ -104,21 +112,33 @@ class Gateway:
             try:
                 conn = await asyncpg.connect(dsn, timeout=10)
                 await conn.add_listener(sql.LISTEN_CHANNEL, self._on_notify)
+                await conn.add_listener(CONSENT_CHANNEL, self._on_consent)
+                if self.consent_watch is not None:
+                    # Changes made while no listener was connected were not announced to us.
+                    self.consent_watch.note_gap(asyncio.get_running_loop().time())
                 backoff = 0.5
                 if self.router is not None:
                     self.router.wake()
                 while not conn.is_closed():
                     await asyncio.sleep(5)
+                    if self.consent_watch is not None:
+                        self.consent_watch.prune(asyncio.get_running_loop().time())
                     await conn.execute("SELECT 1", timeout=5)  # keep-alive: notice a dead link
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # reconnect whatever broke; the claimers poll meanwhile
                 log.warning("notify listener lost", extra={"error": f"{type(exc).__name__}: {exc}", "retry_s": backoff})
+                if self.consent_watch is not None:  # announcements may be missed from here on
+                    self.consent_watch.note_gap(asyncio.get_running_loop().time())
             finally:
                 if conn is not None and not conn.is_closed():
                     await conn.close(timeout=5)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 10.0)
+
+    def _on_consent(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        if self.consent_watch is not None:
+            self.consent_watch.on_notify(payload, asyncio.get_running_loop().time())
 
     def _on_notify(self, *_args: object) -> None:
         if self.router is not None:

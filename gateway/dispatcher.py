@@ -1,48 +1,47 @@
-"""Outbound dispatch for one SMSC: claimer -> ready buffer -> per-bind senders -> result writer.
+"""Outbound dispatch for one SMSC: the wiring of its binds to admission, the send buffer and response handling.
 
-Rule of this module: the claimer takes only as many rows as the bound binds' windows can carry, so
-claimed rows never pile up in memory; every claimed row leaves through exactly one writer call
-(mark, settle) or, on a crash, through the lease reaper. The split follows River: producer (claimer,
-knows free slots), executor (one submit_sm), batch completer (`results.py`).
+Rule of this module: this file only wires. Which claimed rows may be sent is `admission.py`; how many wait and
+for how long (cap, leases) is `send_buffer.py`; what an answer means is `response_outcome.py`. Every claimed
+row leaves through exactly one writer call (mark, settle) or, on a crash, through the lease reaper. Just before
+the submit_sm of a row taken from the buffer, a consent change announced since its admission sends the row
+back to the queue instead (it is admitted again, with a fresh consent lookup). The split follows River:
+producer (router + admission), executor (one submit_sm per bind), batch completer (`results.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
 import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 
 import asyncpg
 
 from gateway import metrics
-from gateway.error_policy import ErrorClass, ErrorPolicy, backoff
+from gateway.admission import Admission
+from gateway.error_policy import ErrorPolicy
 from gateway.inbound import InboundHandler
-from gateway.message import ClaimedMessage, Rejection, consent_refusal, prepare
-from gateway.quiet_hours import next_allowed
+from gateway.response_outcome import Action, GroupOutcome, Outcome, response_outcome, settle_failure
 from gateway.results import ResultWriter
+from gateway.send_buffer import RENEW_EVERY, Item, SendBuffer, buffer_cap
 from gateway.settings import DispatcherSettings, SmscSettings
 from gateway.smpp import session as smpp_session
-from gateway.smpp.client import BindError, ConnectionClosedError, RequestTimeoutError, SmppConnection, connect
+from gateway.smpp.client import BindError, ConnectionClosedError, SmppConnection, connect
 from gateway.smpp.codec import PduEncodeError
 from gateway.smpp.pdu import (
     BindReceiver,
     BindTransceiver,
     BindTransmitter,
-    GenericNack,
     Pdu,
     SubmitSm,
-    SubmitSmResp,
     _Bind,
     status_name,
 )
 from gateway.smpp.receipt import msgid_key
-from keywords import sql as consent_sql
+from gateway.status import Reason, Status
+from keywords.consent_watch import ConsentWatch
 from throughput import AdaptiveRate, TokenBucket
 
 log = logging.getLogger(__name__)
@@ -50,26 +49,6 @@ log = logging.getLogger(__name__)
 # Scheduler lag the pacing buckets forgive (see throughput.token_bucket): keeps 1-second counts exact at
 # high rates; at most a few extra sends back to back after a late wake-up.
 PACING_CATCH_UP = 0.01
-
-
-@dataclass(slots=True)
-class _Parts:
-    """Outcome of each part of a multi-part message; the row is settled once every part has answered."""
-
-    total: int
-    accepted: dict[int, tuple[str, str]] = field(default_factory=dict)  # seq -> (message id, key)
-    failed: dict[int, tuple[int | None, str, bool]] = field(default_factory=dict)  # seq -> (status, reason, retry)
-    settled: bool = False
-
-
-@dataclass(slots=True)
-class _Item:
-    """A claimed row ready to send: its parts still to send (seq, pdu), in order, on one bind."""
-
-    msg: ClaimedMessage
-    token: str
-    parts: list[tuple[int, SubmitSm]]
-    group: _Parts | None = None  # None: a single-part message
 
 
 class BindWorker:
@@ -83,7 +62,7 @@ class BindWorker:
         smsc = dispatcher.smsc
         self.bucket = TokenBucket(smsc.bind_tps, smsc.burst, catch_up=PACING_CATCH_UP)
         self.conn: SmppConnection | None = None
-        self._current: _Item | None = None  # a multi-part message whose parts are being sent on this bind
+        self._current: Item | None = None  # a multi-part message whose parts are being sent on this bind
         self._wake = asyncio.Event()
         self._stopping = False
         self.task: asyncio.Task[None] | None = None
@@ -96,7 +75,8 @@ class BindWorker:
 
     @property
     def in_flight(self) -> int:
-        return self.conn.session.in_flight if self.conn is not None else 0
+        """submit_sm awaiting an answer on this bind, late ones (past the timeout, within the grace) included."""
+        return self.conn.session.awaiting if self.conn is not None else 0
 
     async def _run(self) -> None:
         smsc = self.d.smsc
@@ -108,6 +88,7 @@ class BindWorker:
                 session = smpp_session.Session(
                     window=smsc.window,
                     response_timeout=smsc.response_timeout,
+                    late_grace=smsc.late_response_grace,
                     bind_timeout=smsc.bind_timeout,
                     enquire_link_interval=smsc.enquire_link_interval,
                 )
@@ -145,6 +126,8 @@ class BindWorker:
             log.info("bound", extra={"bind": self.name, "smsc_system_id": bound.system_id})
             backoff = smsc.reconnect_min
             self.conn = conn
+            # Its reading pauses with every other connection's while the result writer is behind (flow_control.py).
+            self.d.writer.flow.register(conn)
             metrics.BIND_UP.labels(self.d.name, self.name).set(1)
             self.d.wake_router()
             await self._send_loop(conn, loop)
@@ -153,7 +136,7 @@ class BindWorker:
             metrics.BIND_UP.labels(self.d.name, self.name).set(0)
             log.warning("bind lost", extra={"bind": self.name, "reason": conn.close_reason})
             self.conn = None
-            self._drop_current("connection_lost")
+            self._drop_current(Reason.CONNECTION_LOST)
             self.d.bind_lost()
             await self._sleep(smsc.reconnect_min * random.uniform(0.5, 1.0))
 
@@ -165,6 +148,7 @@ class BindWorker:
             pass
 
     def _on_close(self, conn: SmppConnection, reason: str) -> None:
+        self.d.writer.flow.unregister(conn)
         self._wake.set()
 
     async def _send_loop(self, conn: SmppConnection, loop: asyncio.AbstractEventLoop) -> None:
@@ -179,11 +163,14 @@ class BindWorker:
             if delay > 0:
                 await asyncio.sleep(delay)
                 continue
-            item = self._current or d.take()
-            self._current = None
+            item, self._current = self._current, None
             if item is None:
-                await d.wait_ready(1.0)
-                continue
+                item = d.take(now)
+                if item is None:
+                    await d.wait_ready(1.0)
+                    continue
+                if d.consent_changed(item, self):
+                    continue  # given back before any token was spent on it
             self.bucket.take(now)
             d.account_bucket.take(now)
             seq, pdu = item.parts[0]
@@ -193,12 +180,12 @@ class BindWorker:
                 d.push_front(item)
                 continue
             except PduEncodeError as exc:
-                d.part_failed(item, seq, None, f"encode_error: {exc}", retry=False, bind=self)
+                d.part_failed(item, seq, Outcome(Action.FAIL, reason=f"{Reason.ENCODE_ERROR}: {exc}"), bind=self)
                 continue
             fut.add_done_callback(partial(d.on_response, item, seq, pdu, self, now))
             if len(item.parts) > 1:
                 # The next part goes next on this same bind, so the handset gets the parts in order.
-                self._current = _Item(item.msg, item.token, item.parts[1:], item.group)
+                self._current = item.rest()
             if d.ready_count == 0 or not conn.can_submit:
                 await asyncio.sleep(0)  # let responses in before the next batch
 
@@ -206,14 +193,14 @@ class BindWorker:
         """Send nothing more; the connection stays up for responses and receipts until `stop`."""
         self._stopping = True
         self._wake.set()
-        self._drop_current("released_on_shutdown")
+        self._drop_current(Reason.RELEASED_ON_SHUTDOWN)
 
     def _drop_current(self, reason: str) -> None:
         """Parts of a message left unsent on this bind: the whole message goes back to the queue."""
         if self._current is not None:
             item, self._current = self._current, None
             for seq, _ in item.parts:
-                self.d.part_failed(item, seq, None, reason, retry=True, bind=self, immediate=True)
+                self.d.part_failed(item, seq, Outcome(Action.RETRY, reason=reason, immediate=True), bind=self)
 
     async def stop(self, timeout: float) -> None:
         """Stop sending, unbind cleanly (bounded) and end the task."""
@@ -239,13 +226,19 @@ class SmscDispatcher:
         settings: DispatcherSettings,
         pool: asyncpg.Pool,
         writer: ResultWriter,
+        *,
+        consent_watch: ConsentWatch | None = None,
     ) -> None:
         self.name = name
         self.smsc = smsc
         self.settings = settings
         self.pool = pool
         self.writer = writer
+        # Consent changes announced since rows were admitted (fed by the gateway's NOTIFY listener).
+        self.consent_watch = consent_watch
         self.inbound = InboundHandler(name, smsc, writer)
+        self.admission = Admission(name, smsc, settings, pool, writer)
+        self.buffer = SendBuffer(settings.lease_seconds, self._give_back)
         self.ssl_context = ssl.create_default_context(cafile=smsc.tls_ca_file) if smsc.tls else None
         self.instances = 1
         self.policy = ErrorPolicy.from_config(smsc.error_classes)
@@ -257,48 +250,63 @@ class SmscDispatcher:
             self.binds += [BindWorker(self, i, BindReceiver) for i in range(smsc.receivers)]
         else:
             self.binds = [BindWorker(self, i) for i in range(smsc.binds)]
-        self._ready: collections.deque[_Item] = collections.deque()
-        self._ready_event = asyncio.Event()
         self.wake_router: Callable[[], None] = lambda: None  # set by the router that feeds this dispatcher
         self._stopping = False
+        self._renewer: asyncio.Task[None] | None = None
 
     # -- ready buffer --------------------------------------------------------------------------------
 
     @property
     def ready_count(self) -> int:
-        return len(self._ready)
+        return len(self.buffer)
 
-    def take(self) -> _Item | None:
-        if not self._ready:
-            self._ready_event.clear()
-            return None
-        item = self._ready.popleft()
-        if len(self._ready) <= self._target() // 2:
+    def take(self, now: float | None = None) -> Item | None:
+        """The next row to send (None when empty); wakes the router when the buffer is half empty."""
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        item = self.buffer.take(now)
+        if len(self.buffer) <= self._target() // 2:
             self.wake_router()
         return item
 
-    def push_front(self, item: _Item) -> None:
-        self._ready.appendleft(item)
-        self._ready_event.set()
+    def push_front(self, item: Item) -> None:
+        self.buffer.push_front(item)
 
     async def wait_ready(self, timeout: float) -> None:
-        try:
-            await asyncio.wait_for(self._ready_event.wait(), timeout)
-        except TimeoutError:
-            pass
+        await self.buffer.wait(timeout)
+
+    def _send_rate(self) -> float:
+        """Messages per second this instance may send to the SMSC now (0: no limit)."""
+        tx = sum(1 for b in self.binds if b.conn is not None and b.conn.session.can_transmit)
+        rates = [r for r in (self.account_bucket.rate, self.smsc.bind_tps * tx) if r > 0]
+        return min(rates) if rates else 0.0
 
     def _target(self) -> int:
-        """How many prepared rows to hold: one window's worth per transmitting bind (less when paced)."""
-        total = sum(b.conn.session.window for b in self.binds if b.conn is not None and b.conn.session.can_transmit)
-        if self.smsc.tps:
-            total = min(total, max(1, int(self.smsc.tps)))
-        return total
+        """How many prepared rows to hold: a window's worth per transmitting bind, at most one second of the
+        rate, and never more than can be sent within a fraction of the lease (send_buffer.buffer_cap)."""
+        windows = sum(b.conn.session.window for b in self.binds if b.conn is not None and b.conn.session.can_transmit)
+        s = self.settings
+        return buffer_cap(windows, self._send_rate(), s.lease_seconds, s.lease_buffer_fraction)
 
     # -- lifecycle -----------------------------------------------------------------------------------
 
     def start(self) -> None:
         for b in self.binds:
             b.start()
+        self._renewer = asyncio.create_task(self._renew_loop(), name=f"lease-renewer-{self.name}")
+
+    async def _renew_loop(self) -> None:
+        """Renew the leases of rows held here (buffered, being sent, awaiting a response) before they expire."""
+        loop = asyncio.get_running_loop()
+        period = max(0.05, self.settings.lease_seconds * RENEW_EVERY)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.buffer.renew(self.pool, loop.time())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the database may be restarting; rows near expiry are handed back unsent
+                log.warning("lease renewal failed", extra={"smsc": self.name, "error": f"{type(exc).__name__}: {exc}"})
 
     @property
     def is_up(self) -> bool:
@@ -307,169 +315,138 @@ class SmscDispatcher:
 
     @property
     def free_capacity(self) -> int:
-        """Rows the router may hand over now."""
-        return max(0, self._target() - len(self._ready)) if not self._stopping else 0
+        """Rows the router may hand over now (throttled rows waiting to be sent again count as held)."""
+        return max(0, self._target() - len(self.buffer)) if not self._stopping else 0
+
+    def busy_delay(self) -> float:
+        """How long a row for this SMSC waits in the queue when the buffer is full: about the time to send
+        half of what is buffered, within [0.1 s, the lease fraction]."""
+        rate = self._send_rate()
+        if rate <= 0:
+            return 0.1
+        s = self.settings
+        return min(max(0.1, len(self.buffer) / rate / 2), s.lease_seconds * s.lease_buffer_fraction)
 
     def bind_lost(self) -> None:
         """A bind went down. With none left, give the waiting rows back so the router can send them
         through another SMSC (or hold them in the queue until this one is back)."""
         if self.is_up or self._stopping:
             return
-        released = 0
-        while self._ready:
-            item = self._ready.popleft()
-            self.writer.settle(item.msg.id, item.token, "queued", reason="smsc_down", attempts_delta=-1,
-                               smsc=self.name)
-            released += 1
+        released = self.buffer.drain()
+        for item in released:
+            self._settle(item, Status.QUEUED, reason=Reason.SMSC_DOWN, attempts_delta=-1, smsc=self.name)
         if released:
-            log.warning("all binds down; rows released for re-routing", extra={"smsc": self.name, "rows": released})
+            log.warning("all binds down; rows released for re-routing",
+                        extra={"smsc": self.name, "rows": len(released)})
         self.wake_router()
 
-    async def accept(self, rows: list[tuple[str, asyncpg.Record]]) -> None:
-        """Validate and encode claimed rows, enforce consent with one lookup for the batch, queue the rest."""
-        now = datetime.now(UTC)
-        prepared: list[_Item] = []
-        for token, record in rows:
-            msg = ClaimedMessage.model_validate(dict(record))
-            result = prepare(msg, self.smsc, self.settings.default_region, now, self.settings.max_segments)
-            if isinstance(result, Rejection):
-                self._reject(msg, token, result)
-                continue
-            group = _Parts(len(result)) if len(result) > 1 else None
-            prepared.append(_Item(msg, token, list(enumerate(result, 1)), group))
-        if not prepared:
-            return
-        checks = await self.pool.fetch(
-            consent_sql.CONSENT_CHECK,
-            [it.msg.source.strip() for it in prepared],
-            [it.parts[0][1].destination_addr for it in prepared],
-            [it.msg.list_name for it in prepared],
-            timeout=30,
-        )
-        for check in checks:
-            item = prepared[check["i"] - 1]
-            refusal = consent_refusal(item.msg, opted_out=check["opted_out"], subscribed=check["subscribed"])
-            if refusal is not None:
-                self._reject(item.msg, item.token, refusal)
-            elif not self._outside_quiet_hours(item, now):
-                continue
-            else:
-                self._ready.append(item)
-        if self._ready:
-            self._ready_event.set()
+    async def accept(self, rows: list[tuple[str, asyncpg.Record]], lease_until: float | None = None) -> None:
+        """Admit claimed rows (validation, consent, quiet hours) and buffer the ones to send.
 
-    def _outside_quiet_hours(self, item: _Item, now: datetime) -> bool:
-        """Marketing to a recipient whose local time is in quiet hours waits (not fails) until it is not."""
-        s = self.settings
-        if not s.quiet_hours or item.msg.message_class != "marketing":
-            return True
-        when = next_allowed(
-            item.parts[0][1].destination_addr, now, start=s.quiet_hours_start, end=s.quiet_hours_end,
-            default_tz=s.quiet_hours_default_tz,
-        )
-        if when is None:
-            return True
-        self.writer.settle(
-            item.msg.id, item.token, "queued", delay=(when - now).total_seconds(), reason="quiet_hours",
-            attempts_delta=-1,
-        )
-        return False
+        `lease_until`: loop time at which their claim runs out (taken before the claim statement).
+        """
+        if lease_until is None:
+            lease_until = asyncio.get_running_loop().time() + self.settings.lease_seconds
+        self.buffer.add(await self.admission.admit(rows, lease_until))
 
-    def _reject(self, msg: ClaimedMessage, token: str, rejection: Rejection) -> None:
-        metrics.REJECTED.labels(rejection.reason).inc()
-        self.writer.settle(msg.id, token, rejection.status, reason=rejection.reason, smsc=self.name)
+    def consent_changed(self, item: Item, bind: BindWorker) -> bool:
+        """True (and the row is given back) when its number's consent changed since it was admitted."""
+        watch = self.consent_watch
+        if watch is None:
+            return False
+        # A row held longer than the watch remembers changes is looked up again whatever the watch says.
+        stale = asyncio.get_running_loop().time() - item.admitted_at > watch.keep_seconds
+        if not stale and not watch.must_recheck(item.msg.source, item.parts[0][1].destination_addr,
+                                                item.admitted_at):
+            return False
+        log.info("consent changed while buffered; row goes back for a new lookup",
+                 extra={"row": item.msg.id, "smsc": self.name})
+        if item.group is None or (item.group.untouched and len(item.parts) == item.group.total):
+            self._give_back(item, Reason.CONSENT_CHANGED)
+        else:  # parts already went: the rest is not sent, the message is settled when the others answer
+            for seq, _ in item.parts:
+                self.part_failed(item, seq, Outcome(Action.RETRY, reason=Reason.CONSENT_CHANGED, immediate=True),
+                                 bind=bind)
+        return True
+
+    # -- writer calls (each ends a claim: the lease is no longer renewed) ----------------------------
+
+    def _settle(self, item: Item, status: str, **kwargs: object) -> None:
+        self.buffer.release(item)
+        self.writer.settle(item.msg.id, item.token, status, **kwargs)  # type: ignore[arg-type]
+
+    def _give_back(self, item: Item, reason: str) -> None:
+        """Back to the queue at once, the attempt not counted: the row was not sent."""
+        self._settle(item, Status.QUEUED, reason=reason, attempts_delta=-1)
 
     # -- responses -----------------------------------------------------------------------------------
 
     def on_response(
-        self, item: _Item, seq: int, pdu: SubmitSm, bind: BindWorker, sent_at: float, fut: asyncio.Future[Pdu]
+        self, item: Item, seq: int, pdu: SubmitSm, bind: BindWorker, sent_at: float, fut: asyncio.Future[Pdu]
     ) -> None:
         """Done-callback of one submit_sm future: turn the answer into a writer call (or a resend)."""
         exc = fut.exception()
-        if exc is not None:
-            metrics.SUBMIT_TIMEOUTS.labels(self.name).inc()
-            # Ambiguous: the SMSC may have the message. The attempt is recorded; retry within max_attempts.
-            reason = "response_timeout" if isinstance(exc, RequestTimeoutError) else "connection_lost"
-            self.part_failed(item, seq, None, reason, retry=True, bind=bind,
-                             immediate=isinstance(exc, ConnectionClosedError))
-            return
-        resp = fut.result()
+        resp = fut.result() if exc is None else None
+        outcome = response_outcome(resp, exc, self.policy)
         loop_now = asyncio.get_running_loop().time()
-        metrics.SUBMIT_RTT.labels(self.name).observe(loop_now - sent_at)
-        status = resp.command_status
-        if status == 0 and isinstance(resp, SubmitSmResp):
+        if resp is None:
+            metrics.SUBMIT_TIMEOUTS.labels(self.name).inc()
+        else:
+            metrics.SUBMIT_RTT.labels(self.name).observe(loop_now - sent_at)
+        if outcome.action is Action.ACCEPT:
+            assert resp is not None
             if self.adaptive.accepted(loop_now):
                 self._apply_rate(loop_now)
             metrics.SUBMITTED.labels(self.name).inc()
             key = msgid_key(resp.message_id, self.smsc.submit_id_format)
             if item.group is None:
-                self.writer.mark_submitted(item.msg.id, item.token, self.name, resp.message_id, key, bind.name)
+                self.buffer.release(item)
+                self.writer.mark_submitted(item.msg.id, item.token, self.name, outcome.message_id, key, bind.name)
             else:
-                item.group.accepted[seq] = (resp.message_id, key)
-                self._settle_parts(item, bind)
+                self._group_done(item, item.group.accept(seq, outcome.message_id, key), bind)
             return
-        if status == 0:  # generic_nack with status 0, or a wrong response type: treat as a system error
-            status = 0x08 if not isinstance(resp, GenericNack) else 0xFF
-        metrics.SUBMIT_ERRORS.labels(self.name, status_name(status)).inc()
-        kind = self.policy.classify(status)
-        if kind is ErrorClass.THROTTLE:
-            # Not a failure: slow the account down (AIMD) and send the same part again.
+        if resp is not None and outcome.error_code is not None:
+            metrics.SUBMIT_ERRORS.labels(self.name, status_name(outcome.error_code)).inc()
+        if outcome.action is Action.THROTTLE:
+            # Not a failure: slow the account down (AIMD) and send the same part again (it counts as held).
             if self.adaptive.throttled(loop_now):
                 self._apply_rate(loop_now)
                 rate = round(self.adaptive.rate, 1)
                 log.info("throttled by SMSC; rate lowered", extra={"smsc": self.name, "rate": rate})
-            self.push_front(_Item(item.msg, item.token, [(seq, pdu)], item.group))
+            self.push_front(item.only(seq, pdu))
             return
-        if kind is ErrorClass.SESSION:
+        if outcome.rebind:
             # The bind itself is wrong (bind state, command length...): the message is fine, the link is not.
-            log.warning("session error from SMSC; re-binding", extra={"bind": bind.name, "status": status_name(status)})
+            log.warning("session error from SMSC; re-binding", extra={"bind": bind.name, "status": outcome.reason})
             if bind.conn is not None:
-                bind.conn.close(f"session error {status_name(status)}")
-        self.part_failed(item, seq, status, self.policy.describe(status), retry=kind is not ErrorClass.PERMANENT,
-                         bind=bind, immediate=kind is ErrorClass.SESSION)
+                bind.conn.close(f"session error {outcome.reason}")
+        self.part_failed(item, seq, outcome, bind=bind)
 
-    def part_failed(
-        self,
-        item: _Item,
-        seq: int,
-        status: int | None,
-        reason: str,
-        *,
-        retry: bool,
-        bind: BindWorker,
-        immediate: bool = False,
-    ) -> None:
+    def part_failed(self, item: Item, seq: int, outcome: Outcome, *, bind: BindWorker) -> None:
         """One part (or the only one) was not accepted: retry the message later, or fail it."""
         if item.group is not None:
-            item.group.failed[seq] = (status, reason, retry)
-            self._settle_parts(item, bind, immediate=immediate)
-        elif retry:
-            self._retry(item, status, reason, bind, immediate=immediate)
+            self._group_done(item, item.group.fail(seq, outcome), bind)
         else:
-            self.writer.settle(
-                item.msg.id, item.token, "failed", error_code=status, reason=reason, bind=bind.name, smsc=self.name
-            )
+            self._settle_failure(item, outcome, bind)
 
-    def _settle_parts(self, item: _Item, bind: BindWorker, *, immediate: bool = False) -> None:
-        group = item.group
-        assert group is not None
-        if group.settled or len(group.accepted) + len(group.failed) < group.total:
-            return
-        group.settled = True
-        if not group.failed:
-            self.writer.mark_parts_submitted(
-                item.msg.id, item.token, self.name, group.total,
-                [(seq, mid, key) for seq, (mid, key) in sorted(group.accepted.items())], bind.name,
-            )
-            return
-        # The first failing part decides: a permanent error fails the message, else it is sent again whole.
-        status, reason, retry = group.failed[min(group.failed)]
-        if retry:
-            self._retry(item, status, reason, bind, immediate=immediate)
+    def _group_done(self, item: Item, done: GroupOutcome | None, bind: BindWorker) -> None:
+        if done is None:
+            return  # other parts have not answered yet
+        if done.action is Action.ACCEPT:
+            self.buffer.release(item)
+            assert item.group is not None
+            self.writer.mark_parts_submitted(item.msg.id, item.token, self.name, item.group.total, list(done.parts),
+                                             bind.name)
         else:
-            self.writer.settle(
-                item.msg.id, item.token, "failed", error_code=status, reason=reason, bind=bind.name, smsc=self.name
-            )
+            assert done.deciding is not None
+            self._settle_failure(item, done.deciding, bind)
+
+    def _settle_failure(self, item: Item, outcome: Outcome, bind: BindWorker) -> None:
+        s = self.settings
+        end = settle_failure(outcome, item.msg.attempts, max_attempts=s.max_attempts, retry_base=s.retry_base,
+                             retry_max=s.retry_max)
+        self._settle(item, end.status, delay=end.delay, error_code=end.error_code, reason=end.reason,
+                     bind=bind.name, smsc=self.name)
 
     def _apply_rate(self, now: float) -> None:
         self.account_bucket.set_rate(self.adaptive.rate, now)
@@ -488,19 +465,6 @@ class SmscDispatcher:
         self._apply_rate(now)
         log.info("account rate split", extra={"smsc": self.name, "instances": live, "rate": share})
 
-    def _retry(self, item: _Item, status: int | None, reason: str, bind: BindWorker, immediate: bool = False) -> None:
-        msg = item.msg
-        if msg.attempts >= self.settings.max_attempts:
-            self.writer.settle(
-                msg.id, item.token, "failed", error_code=status, reason=f"{reason} after {msg.attempts} attempts",
-                bind=bind.name, smsc=self.name,
-            )
-            return
-        delay = 0.0 if immediate else backoff(msg.attempts, base=self.settings.retry_base, cap=self.settings.retry_max)
-        self.writer.settle(
-            msg.id, item.token, "queued", delay=delay, error_code=status, reason=reason, bind=bind.name, smsc=self.name
-        )
-
     # -- shutdown ------------------------------------------------------------------------------------
 
     def stop_sending(self) -> None:
@@ -508,9 +472,8 @@ class SmscDispatcher:
         self._stopping = True
         for b in self.binds:
             b.stop_sending()
-        while self._ready:
-            item = self._ready.popleft()
-            self.writer.settle(item.msg.id, item.token, "queued", reason="released_on_shutdown", attempts_delta=-1)
+        for item in self.buffer.drain():
+            self._give_back(item, Reason.RELEASED_ON_SHUTDOWN)
 
     @property
     def in_flight(self) -> int:
@@ -518,3 +481,9 @@ class SmscDispatcher:
 
     async def stop_binds(self, timeout: float) -> None:
         await asyncio.gather(*(b.stop(timeout) for b in self.binds))
+        if self._renewer is not None:
+            self._renewer.cancel()
+            try:
+                await self._renewer
+            except asyncio.CancelledError:
+                pass

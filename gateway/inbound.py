@@ -2,7 +2,10 @@
 
 Rule of this module: the response to the SMSC is sent only after the writer has committed what the
 PDU carried; a PDU we cannot parse is still stored (raw, in `inbound_message`) before it is acked,
-so nothing an SMSC sends is lost.
+and one whose handling raises is stored in `quarantine` before it is acked, so nothing an SMSC sends is
+lost and nothing is left unanswered. Text values go through `gateway.clean` (here, or in the writer's
+`receipt()`), so no NUL reaches a text column. Every connection that delivers is put under the writer's flow
+control, so it stops reading while the writer is behind.
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import logging
 from collections.abc import Callable
 
 from gateway import metrics
+from gateway.clean import clean_text
 from gateway.results import ResultWriter
 from gateway.settings import SmscSettings
 from gateway.smpp.client import SmppConnection
 from gateway.smpp.gsm import decode_short_message
 from gateway.smpp.pdu import DataSm, DataSmResp, DeliverSm, DeliverSmResp, Tag
-from gateway.smpp.receipt import ReceiptParseError, msgid_key, parse_receipt
+from gateway.smpp.receipt import ReceiptParseError, error_code, parse_receipt, receipt_keys, stat_label
 from gateway.smpp.udh import concatenation
+from keywords.address import mo_sender, short_code_key
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,25 @@ class InboundHandler:
         self.writer = writer
 
     def __call__(self, conn: SmppConnection, pdu: DeliverSm | DataSm) -> None:
+        """Handle one deliver_sm / data_sm: stored (or quarantined) first, answered after the commit."""
+        self.writer.flow.register(conn)  # idempotent; paused at once when the writer is behind
+        try:
+            self._handle(conn, pdu)
+        except Exception as exc:  # a bug or a value nobody foresaw: keep the PDU, answer it, go on
+            log.exception("deliver_sm handling failed; quarantined", extra={"smsc": self.smsc_name})
+            seq = pdu.sequence_number
+            resp = DeliverSmResp(sequence_number=seq) if isinstance(pdu, DeliverSm) else DataSmResp(sequence_number=seq)
+            fields = {
+                "command": type(pdu).__name__, "sequence_number": seq, "esm_class": pdu.esm_class,
+                "data_coding": pdu.data_coding, "source_addr": pdu.source_addr,
+                "destination_addr": pdu.destination_addr,
+                **{f"tlv_{tag:04x}": value for tag, value in pdu.tlvs.items()},
+            }
+            kind = "receipt" if pdu.is_receipt else "mo_part"
+            self.writer.quarantine(kind, self.smsc_name, _payload(pdu), fields, f"{type(exc).__name__}: {exc}",
+                                   lambda: conn.send_response(resp))
+
+    def _handle(self, conn: SmppConnection, pdu: DeliverSm | DataSm) -> None:
         seq = pdu.sequence_number
         resp = DeliverSmResp(sequence_number=seq) if isinstance(pdu, DeliverSm) else DataSmResp(sequence_number=seq)
 
@@ -39,41 +63,15 @@ class InboundHandler:
 
         payload = _payload(pdu)
         if pdu.is_receipt:
-            try:
-                receipt = parse_receipt(
-                    payload,
-                    receipted_message_id=pdu.tlv_str(Tag.RECEIPTED_MESSAGE_ID),
-                    message_state=pdu.tlv_int(Tag.MESSAGE_STATE),
-                )
-            except ReceiptParseError as exc:
-                log.warning("unparseable receipt stored raw", extra={"smsc": self.smsc_name, "error": str(exc)})
-                self._store_inbound(pdu, payload, ack)
-                return
-            metrics.RECEIPTS.labels(self.smsc_name, receipt.stat).inc()
-            status = receipt.outbound_status
-            if status is None:  # intermediate (ENROUTE, ACCEPTD): nothing final to record
-                ack()
-                return
-            err = receipt.err
-            error_code = int(err) if err is not None and err.isdigit() and len(err) <= 9 else None
-            reason = f"receipt {receipt.stat}" + (f" err:{err}" if err else "")
-            self.writer.receipt(
-                self.smsc_name,
-                msgid_key(receipt.message_id, self.smsc.receipt_id_format),
-                receipt.message_id,
-                status,
-                receipt.stat,
-                error_code if status != "delivered" else None,
-                reason if status != "delivered" else "delivered",
-                ack,
-            )
+            self._receipt(pdu, payload, ack)
             return
         metrics.MO_RECEIVED.labels(self.smsc_name).inc()
         part = concatenation(pdu.esm_class, payload, pdu.tlvs)
         self.writer.mo_part(
             self.smsc_name,
-            pdu.source_addr,
-            pdu.destination_addr,
+            # TON-aware sender ('+' when international) and our short code in its one form (keywords.address).
+            mo_sender(pdu.source_addr, pdu.source_addr_ton),
+            short_code_key(pdu.destination_addr),
             part.ref,
             part.total,
             part.seq,
@@ -83,12 +81,49 @@ class InboundHandler:
             ack,
         )
 
+    def _receipt(self, pdu: DeliverSm | DataSm, payload: bytes, ack: Callable[[], None]) -> None:
+        """A receipt to its row (or parked); one that cannot be read is stored raw, never dropped or left unanswered."""
+        try:
+            receipt = parse_receipt(
+                payload,
+                receipted_message_id=pdu.tlv_str(Tag.RECEIPTED_MESSAGE_ID),
+                message_state=pdu.tlv_int(Tag.MESSAGE_STATE),
+            )
+            keys = receipt_keys(receipt.message_id, self.smsc.receipt_id_format)
+        except ReceiptParseError as exc:
+            log.warning("unparseable receipt stored raw", extra={"smsc": self.smsc_name, "error": str(exc)})
+            self._store_inbound(pdu, payload, ack)
+            return
+        except Exception:  # a parser bug must not lose the receipt, nor leave the SMSC re-sending it forever
+            log.exception("receipt handling failed; stored raw", extra={"smsc": self.smsc_name})
+            self._store_inbound(pdu, payload, ack)
+            return
+        metrics.RECEIPTS.labels(self.smsc_name, stat_label(receipt.stat)).inc()
+        status = receipt.outbound_status
+        if status is None:  # intermediate (ENROUTE, ACCEPTD...): nothing final to record
+            ack()
+            return
+        err = receipt.err
+        delivered = status == "delivered"
+        self.writer.receipt(
+            self.smsc_name,
+            keys,
+            receipt.message_id,
+            status,
+            receipt.stat,
+            None if delivered else error_code(err),
+            # Unknown stats (FAILED, vendor words) end 'undeliverable': the stat as sent stays readable here.
+            "delivered" if delivered else f"receipt {receipt.stat}" + (f" err:{err}" if err else ""),
+            ack,
+            raw=payload,
+        )
+
     def _store_inbound(self, pdu: DeliverSm | DataSm, payload: bytes, ack: Callable[[], None]) -> None:
         self.writer.inbound(
             self.smsc_name,
             pdu.source_addr,
             pdu.destination_addr,
-            decode_short_message(payload, pdu.data_coding).replace("\x00", "\ufffd"),
+            clean_text(decode_short_message(payload, pdu.data_coding)),
             pdu.data_coding,
             pdu.esm_class,
             payload,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from gateway import metrics
+from gateway import metrics, receipt_ids
 from gateway.db import outbound_sql as sql
 from gateway.settings import DispatcherSettings
 
@@ -35,13 +35,24 @@ async def heartbeat(pool: asyncpg.Pool, settings: DispatcherSettings, dispatcher
         d.set_instances(live.get(d.name, 1))
 
 
-async def sweep_parked(pool: asyncpg.Pool) -> int:
-    """Record parked receipts whose message (or part) now carries their id; returns how many."""
+async def sweep_parked(pool: asyncpg.Pool, settings: DispatcherSettings) -> int:
+    """Record parked receipts (recent ones only) whose message (or part) now carries their id; returns how many."""
     async with pool.acquire(timeout=10) as conn, conn.transaction():
-        rows = await conn.fetch(sql.TAKE_MATCHABLE_PARKED, timeout=30)
+        rows = await conn.fetch(
+            sql.TAKE_MATCHABLE_PARKED, settings.parked_receipt_match_seconds, settings.receipt_timeout, timeout=30
+        )
         if rows:
-            await conn.execute(sql.RECORD_RECEIPTS, *[[r[k] for r in rows] for k in range(7)], timeout=30)
+            matches = await conn.fetch(
+                sql.RECORD_RECEIPTS, *[[r[k] for r in rows] for k in range(10)], settings.receipt_timeout, timeout=30
+            )
+            receipt_ids.observe_matches(matches, count_unmatched=False)
     return len(rows)
+
+
+async def count_parked(pool: asyncpg.Pool, settings: DispatcherSettings) -> None:
+    """Refresh the parked-receipt gauge; warn (rate-limited) when receipts pile up unmatched."""
+    rows = await pool.fetch(sql.PARKED_RECEIPTS, settings.parked_receipt_match_seconds, timeout=30)
+    receipt_ids.observe_parked(rows, settings.parked_receipt_match_seconds)
 
 
 async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str, int]:
@@ -50,7 +61,7 @@ async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str
         "reaped": _count(await pool.execute(sql.REAP_LEASES, settings.max_attempts, timeout=30)),
         "expired": _count(await pool.execute(sql.EXPIRE_QUEUED, timeout=30)),
         "no_receipt": _count(await pool.execute(sql.EXPIRE_SUBMITTED, settings.receipt_timeout, timeout=30)),
-        "swept": await sweep_parked(pool),
+        "swept": await sweep_parked(pool, settings),
         "dropped_parked": _count(
             await pool.execute(sql.DROP_OLD_PARKED, max(1, round(settings.parked_receipt_days)), timeout=30)
         ),
@@ -61,6 +72,7 @@ async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str
         depth[status] = count
     for status, count in depth.items():
         metrics.QUEUE_DEPTH.labels(status).set(count)
+    await count_parked(pool, settings)
     return touched
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from gateway.settings import SmscSettings
 from gateway.smpp.gsm import UnencodableError
@@ -34,7 +34,26 @@ class ClaimedMessage(BaseModel):
     attempts: int
     created_at: datetime
     list_name: str | None = None
+    # Kept for the table contract only: enforcement ignores it (a producer can write it). The exemption from
+    # opt-out comes from the MO this row answers, looked up by `inbound_message_id` (keywords.sql.CONSENT_CHECK).
     is_opt_out_confirmation: bool = False
+    inbound_message_id: int | None = None
+
+    @field_validator("created_at", mode="after")
+    @classmethod
+    def _aware_created(cls, value: datetime) -> datetime:
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+    @field_validator("expires_at", mode="after")
+    @classmethod
+    def _aware_expiry(cls, value: datetime | None) -> datetime | None:
+        """asyncpg returns timestamptz 'infinity' / '-infinity' as naive datetime.max / datetime.min (the claim
+        clamps them; this keeps any other path safe): infinity never expires, -infinity long has."""
+        if value is None or value.tzinfo is not None:
+            return value
+        if value == datetime.max:
+            return None
+        return value.replace(tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +66,9 @@ class Rejection:
 def normalise_number(raw: str, default_region: str) -> str | None:
     """E.164 digits without '+' for a recipient number, or None when it is not a possible number."""
     text = raw.strip()
-    if not text:
+    if not text or any(ch.isalpha() for ch in text):
+        # phonenumbers reads letters as a vanity number (+1202555CALL -> ...2255): a producer's typo or a
+        # placeholder would reach a stranger, so letters make the number invalid.
         return None
     try:
         parsed = phonenumbers.parse(text, default_region)
@@ -73,7 +94,10 @@ def validity_period(expires_at: datetime | None) -> str:
     """Absolute SMPP time (UTC, `00+`) for the row's expiry, so the SMSC stops trying when we would."""
     if expires_at is None:
         return ""
-    return expires_at.astimezone(UTC).strftime("%y%m%d%H%M%S") + "000+"
+    utc = expires_at.astimezone(UTC)
+    if not 2000 <= utc.year <= 2099:
+        return ""  # two-digit years: 2300 would read as 2000 (already expired); let the SMSC use its default
+    return utc.strftime("%y%m%d%H%M%S") + "000+"
 
 
 def prepare(
@@ -125,10 +149,17 @@ def prepare(
     ]
 
 
-def consent_refusal(msg: ClaimedMessage, *, opted_out: bool, subscribed: bool) -> Rejection | None:
-    """Send-time consent rule: nothing to a number that opted out of the short code (except the STOP
-    confirmation itself), and marketing only to an active subscriber of the message's list."""
-    if opted_out and not msg.is_opt_out_confirmation:
+def consent_refusal(
+    msg: ClaimedMessage, *, opted_out: bool, subscribed: bool, exempt: bool = False
+) -> Rejection | None:
+    """Send-time consent rule: nothing to a number that opted out of the short code, and marketing only to an
+    active subscriber of the message's list.
+
+    `exempt` (from CONSENT_CHECK) is true only for a reply to a HELP or STOP that this number sent to this short
+    code: HELP is answered to anyone, and a STOP gets its confirmation. `msg.is_opt_out_confirmation` plays no
+    part: producers can set it.
+    """
+    if opted_out and not exempt:
         return Rejection("rejected", "opted_out")
     if msg.message_class == "marketing" and not subscribed:
         return Rejection("rejected", "not_subscribed")

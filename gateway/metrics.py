@@ -34,6 +34,26 @@ EFFECTIVE_RATE = Gauge(
     "smsgw_effective_rate", "current account send rate after adaptive back-off (0 = no limit)", ["smsc"]
 )
 FLUSH_ERRORS = Counter("smsgw_db_flush_errors", "result flushes that failed and will be retried")
+RECEIPTS_UNMATCHED = Counter(
+    "smsgw_receipts_unmatched",
+    "final receipts parked because no message submitted within the receipt timeout carried their id",
+    ["smsc"],
+)
+RECEIPTS_PARKED = Gauge(
+    "smsgw_receipts_parked", "receipts parked in pending_receipt (refreshed by maintenance)", ["smsc"]
+)
+RECEIPT_ID_MAPPING = Gauge(
+    "smsgw_receipt_id_mapping",
+    "1 for how receipt ids were last seen to match submit_sm_resp ids: exact, hex_to_decimal"
+    " (resp hex, receipt decimal) or decimal_to_hex",
+    ["smsc", "mapping"],
+)
+QUARANTINED = Counter(
+    "smsgw_quarantined", "items Postgres refused, stored in the quarantine table and acknowledged", ["kind"]
+)
+WRITER_PENDING = Gauge("smsgw_writer_pending", "results buffered or being written, not yet committed")
+READING_PAUSED = Gauge("smsgw_reading_paused", "1 while SMPP reading is paused because the result writer is behind")
+READING_PAUSES = Counter("smsgw_reading_pauses", "times SMPP reading was paused by the result writer")
 
 
 def serve_metrics(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:

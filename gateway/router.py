@@ -4,6 +4,11 @@ to an SMSC by the configured routes (source / short code, destination prefix, me
 Rule of this module: a row whose routes all point at SMSCs that are down goes back to the queue to wait (not
 fail) until one is back or it expires; the next matching route is the failover. A row no route matches is
 rejected with reason `no_route`. Without configured routes every SMSC serves every row, equally weighted.
+No SMSC is handed more rows than its buffer has room for (what its binds send within a fraction of the
+lease): rows of an SMSC whose buffer is full are not claimed when the claim can tell them apart (prefix
+routes, `blocked_rules`), else handed back at once (attempt not counted) to wait in the queue for about the
+time that SMSC needs to make room. A slow SMSC thus never holds rows past their lease, and never holds up the
+rows of a fast one.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from collections import defaultdict
 
 import asyncpg
 
+from gateway.admission import error_detail
 from gateway.db import outbound_sql as sql
 from gateway.dispatcher import SmscDispatcher
 from gateway.message import normalise_number
 from gateway.results import ResultWriter
 from gateway.settings import DispatcherSettings, RouteSettings
+from gateway.status import Reason, Status
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +88,7 @@ class Router:
 
     async def _claim_loop(self) -> None:
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             want = self._capacity()
             if want <= 0 or self._queue_maybe_empty:
@@ -88,11 +96,13 @@ class Router:
                 continue
             rows: list[tuple[str, asyncpg.Record]] = []
             unhanded: dict[int, tuple[str, asyncpg.Record]] = {}
+            placed = 0
             try:
-                rows = await self._claim(want)
+                lease_until = loop.time() + self.settings.lease_seconds  # before the claim: conservative
+                rows = await self._claim(want, self.blocked_rules())
                 unhanded = {record["id"]: (token, record) for token, record in rows}
                 if rows:
-                    await self._route(unhanded)
+                    placed = await self._route(unhanded, lease_until)
             except asyncio.CancelledError:
                 self._give_back(unhanded, "claim_cancelled")
                 raise
@@ -103,7 +113,10 @@ class Router:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            if len(rows) < want:
+            if len(rows) < want or (rows and not placed):
+                # Fewer rows than wanted: the queue is drained for now. None placed: every row claimed was for
+                # a full SMSC (handed back to wait); claim again when a buffer makes room (wake) or at the
+                # poll, rather than walking the whole backlog of that SMSC now.
                 self._queue_maybe_empty = True
 
     def _give_back(self, rows: dict[int, tuple[str, asyncpg.Record]], reason: str) -> None:
@@ -118,31 +131,82 @@ class Router:
         except TimeoutError:
             self._queue_maybe_empty = False  # the fallback poll: a NOTIFY may have been missed
 
-    async def _claim(self, limit: int) -> list[tuple[str, asyncpg.Record]]:
+    async def _claim(
+        self, limit: int, blocked: list[tuple[str, str | None, str | None]]
+    ) -> list[tuple[str, asyncpg.Record]]:
         token = f"{self.settings.instance}:{next(self._tokens)}"
-        rows = await self.pool.fetch(sql.CLAIM, token, self.settings.lease_seconds, limit, timeout=30)
+        prefixes, sources, classes = ([list(col) for col in zip(*blocked, strict=True)] if blocked else ([], [], []))
+        rows = await self.pool.fetch(
+            sql.CLAIM, token, self.settings.lease_seconds, limit, prefixes, sources, classes, timeout=30
+        )
         return [(token, r) for r in rows]
 
-    async def _route(self, rows: dict[int, tuple[str, asyncpg.Record]]) -> None:
-        """Hand each row to its SMSC's dispatcher (or settle it); handed rows are removed from `rows`."""
+    def blocked_rules(self) -> list[tuple[str, str | None, str | None]]:
+        """(prefix, source, message_class) of rows that would surely go to an SMSC whose buffer is full now.
+
+        Only prefix routes can be told apart in SQL, and only for prefixes no earlier usable route can match
+        (an earlier route takes a row first). A row the filter misses is claimed and handed back
+        (`_route`); the filter only saves that round trip.
+        """
+        rules: list[tuple[str, str | None, str | None]] = []
+        earlier: list[str] = []  # prefixes of earlier routes with an SMSC up
+        for route in self.routes:
+            up = [self.dispatchers[n] for n in route.smsc if self.dispatchers[n].is_up]
+            if not up:
+                continue  # skipped by `pick` (failover): it takes no row first
+            if not route.destination_prefix:
+                break  # this route takes every row that gets this far: nothing after it is sure
+            if all(d.free_capacity == 0 for d in up):
+                for prefix in route.destination_prefix:
+                    if any(prefix.startswith(e) or e.startswith(prefix) for e in earlier):
+                        continue
+                    for source in route.source or [None]:
+                        rules.append((prefix, source, route.message_class))
+            earlier.extend(route.destination_prefix)
+        return rules
+
+    async def _route(self, rows: dict[int, tuple[str, asyncpg.Record]], lease_until: float) -> int:
+        """Hand each row to its SMSC's dispatcher within its free room (or settle it); handed rows are removed
+        from `rows`. Returns how many rows went to a dispatcher."""
         by_smsc: dict[str, list[tuple[str, asyncpg.Record]]] = defaultdict(list)
+        room = {name: d.free_capacity for name, d in self.dispatchers.items()}
         for token, record in list(rows.values()):
-            choice = self.pick(record["source"], record["destination"], record["message_class"])
-            if isinstance(choice, SmscDispatcher):
-                by_smsc[choice.name].append((token, record))
+            row_id = record["id"]
+            try:
+                choice = self.pick(record["source"], record["destination"], record["message_class"])
+            except Exception as exc:  # one row's values must not stop the batch (admission.py's rule)
+                del rows[row_id]
+                self.writer.settle(
+                    row_id, token, Status.REJECTED, reason=Reason.INVALID_ROW, detail=error_detail(exc)
+                )
                 continue
-            del rows[record["id"]]
+            if isinstance(choice, SmscDispatcher):
+                if room[choice.name] > 0:
+                    room[choice.name] -= 1
+                    by_smsc[choice.name].append((token, record))
+                else:
+                    # Its SMSC's buffer is full: the row waits in the queue, not in memory past its lease.
+                    del rows[row_id]
+                    self.writer.settle(
+                        row_id, token, Status.QUEUED, delay=choice.busy_delay(), reason=Reason.SMSC_BUSY,
+                        attempts_delta=-1,
+                    )
+                continue
+            del rows[row_id]
             if choice == "no_route":
-                self.writer.settle(record["id"], token, "rejected", reason="no_route")
+                self.writer.settle(row_id, token, Status.REJECTED, reason=Reason.NO_ROUTE)
             else:
                 self.writer.settle(
-                    record["id"], token, "queued", delay=_NO_SMSC_RETRY_S, reason="no_smsc_available",
+                    row_id, token, Status.QUEUED, delay=_NO_SMSC_RETRY_S, reason=Reason.NO_SMSC_AVAILABLE,
                     attempts_delta=-1,
                 )
+        placed = 0
         for name, batch in by_smsc.items():
-            await self.dispatchers[name].accept(batch)
+            await self.dispatchers[name].accept(batch, lease_until)
             for _, record in batch:
                 del rows[record["id"]]
+            placed += len(batch)
+        return placed
 
     def pick(self, source: str, destination: str, message_class: str) -> SmscDispatcher | str:
         """The SMSC for a row, or 'no_route' (nothing matches) / 'wait' (every matching SMSC is down)."""

@@ -12,13 +12,18 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import phonenumbers
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.quiet_hours import next_allowed
 from keywords.config import ShortCodeKeywords
 
-IdFormat = Literal["string", "decimal", "hex"]
+# auto: match receipt ids as written, then hex<->decimal both ways (gateway/smpp/receipt.py receipt_keys);
+# string / decimal / hex: explicit overrides, one key per id (set both sides of an SMSC).
+IdFormat = Literal["auto", "string", "decimal", "hex"]
 
 
 
@@ -50,6 +55,9 @@ class SmscSettings(_Model):
     bind_tps: float = Field(0.0, ge=0, description="limit per bind, on top of the account's; 0 = none")
     burst: float = Field(1.0, ge=1, description="sends allowed back to back; 1 = evenly spaced")
     response_timeout: float = Field(30.0, gt=0)
+    late_response_grace: float | None = Field(
+        None, ge=0, description="a submit_sm_resp this late after its timeout is still recorded; None = the timeout"
+    )
     bind_timeout: float = Field(10.0, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
     enquire_link_interval: float = Field(30.0, gt=0)
@@ -63,8 +71,8 @@ class SmscSettings(_Model):
     dest_npi: int = Field(1, ge=0, le=255)
     registered_delivery: int = Field(1, ge=0, le=255)
     service_type: str = Field("", max_length=5)
-    submit_id_format: IdFormat = "string"
-    receipt_id_format: IdFormat = "string"
+    submit_id_format: IdFormat = "auto"
+    receipt_id_format: IdFormat = "auto"
     latin1: bool = False
     long_messages: Literal["udh8", "udh16", "sar", "payload"] = Field(
         "udh8", description="how parts are linked: UDH with 8/16-bit reference, SAR TLVs, or one message_payload"
@@ -112,6 +120,15 @@ class RouteSettings(_Model):
     destination_prefix: list[str] = Field(default_factory=list, description="E.164 digit prefixes; empty = any")
     message_class: Literal["transactional", "marketing"] | None = None
 
+    @field_validator("destination_prefix")
+    @classmethod
+    def _digit_prefixes(cls, value: list[str]) -> list[str]:
+        # Compared with E.164 digits (and used in the claim's LIKE filter): digits only, no '+'.
+        for prefix in value:
+            if not (prefix.isascii() and prefix.isdigit()):
+                raise ValueError(f"destination_prefix: {prefix!r} must be E.164 digits without '+'")
+        return value
+
     @model_validator(mode="after")
     def _weights_match(self) -> RouteSettings:
         if self.weights is not None and (len(self.weights) != len(self.smsc) or any(w <= 0 for w in self.weights)):
@@ -150,6 +167,9 @@ class DispatcherSettings(_Model):
     max_claim: int = Field(500, ge=1, le=5000, description="rows claimed at most in one statement")
     flush_interval: float = Field(0.015, gt=0, le=1.0, description="results are written at least this often")
     flush_max_rows: int = Field(500, ge=1)
+    writer_max_pending: int = Field(
+        5000, ge=10, description="results waiting for Postgres above which SMPP reading pauses (resumes at half)"
+    )
     max_attempts: int = Field(5, ge=1)
     retry_base: float = Field(2.0, gt=0, description="first retry back-off in seconds; doubles per attempt")
     retry_max: float = Field(300.0, gt=0)
@@ -161,11 +181,50 @@ class DispatcherSettings(_Model):
     quiet_hours_start: dt.time = dt.time(8, 0)
     quiet_hours_end: dt.time = dt.time(21, 0)
     quiet_hours_default_tz: str = Field("America/New_York", description="for numbers whose zone is unknown")
+    lease_buffer_fraction: float = Field(
+        0.5, gt=0, le=0.9,
+        description="an SMSC's buffer holds at most what its binds send in this fraction of the lease",
+    )
     shutdown_timeout: float = Field(10.0, gt=0)
     parked_receipt_days: float = Field(3.0, gt=0)
+    parked_receipt_match_seconds: float = Field(
+        300.0, gt=0,
+        description="a parked receipt (it came before its submit_sm_resp) is applied only to a message marked"
+        " submitted within this many seconds of its arrival: the race lasts seconds, ids get reused later",
+    )
     receipt_timeout: float = Field(
         72 * 3600.0, gt=0, description="a submitted row without a receipt ends 'expired' after this (seconds)"
     )
+
+
+    @field_validator("quiet_hours_default_tz")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        # Admission computes quiet hours for every marketing row: an unknown zone must fail at start, not there.
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not a time zone of this system's tz database") from None
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _known_region(cls, value: str) -> str:
+        if value.upper() not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not a region phonenumbers knows (ISO 3166 alpha-2, e.g. US, GB)")
+        return value.upper()
+
+    @model_validator(mode="after")
+    def _quiet_window(self) -> DispatcherSettings:
+        # The same check quiet_hours.next_allowed makes per row, once, here (any number will do).
+        try:
+            next_allowed(
+                "12025550100", dt.datetime.now(dt.UTC), start=self.quiet_hours_start, end=self.quiet_hours_end,
+                default_tz=self.quiet_hours_default_tz,
+            )
+        except ValueError as exc:
+            raise ValueError(f"dispatcher.quiet_hours_start / quiet_hours_end: {exc}") from None
+        return self
 
 
 class InboundSettings(_Model):

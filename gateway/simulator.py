@@ -120,6 +120,8 @@ class SimulatorConfig:
     outcomes: dict[str, float] = field(default_factory=lambda: {"DELIVRD": 1.0})
     receipt_tlvs: bool = True  # receipted_message_id + message_state (+ network_error_code on failure)
     receipt_before_response: bool = False  # the DLR-before-submit_sm_resp race
+    # The same race for only a share of the receipts (0-1), drawn per receipt; receipt_before_response = all.
+    receipt_before_response_ratio: float = 0.0
     tps_limit: float | None = None  # accepted submit_sm/s over the whole simulator; above it ESME_RTHROTTLED
     max_window: int | None = None  # unanswered submits per bind above this get ESME_RMSGQFUL
     seed: int = 1
@@ -152,6 +154,8 @@ class SimulatorConfig:
         for name in ("receipt_delay", "receipt_jitter", "response_delay", "redelivery_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        if not 0 <= self.receipt_before_response_ratio <= 1:
+            raise ValueError("receipt_before_response_ratio must be within 0-1")
         if self.deliver_timeout <= 0 or not 0 < self.tick_interval <= 0.1:
             raise ValueError("deliver_timeout must be > 0 and tick_interval in (0, 0.1]")
 
@@ -471,6 +475,7 @@ class SmscSimulator:
         # Two generators so that turning jitter on does not change which outcome each message gets.
         self._outcome_rng = random.Random(self.config.seed)
         self._jitter_rng = random.Random(self.config.seed + 1)
+        self._early_rng = random.Random(self.config.seed + 2)
         names = [name for name, weight in self.config.outcomes.items() if weight > 0]
         self._outcome_names = names
         self._outcome_cumulative = list(itertools.accumulate(self.config.outcomes[name] for name in names))
@@ -887,7 +892,10 @@ class SmscSimulator:
         frame = encode(
             SubmitSmResp(sequence_number=pdu.sequence_number, command_status=status, message_id=record.message_id)
         )
-        if receipt is not None and config.receipt_before_response:
+        early = config.receipt_before_response_ratio
+        if receipt is not None and (
+            config.receipt_before_response or (early and self._early_rng.random() < early)
+        ):
             self._dispatch(receipt, now)
             receipt = None
         if self.response_delay > 0:

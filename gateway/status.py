@@ -44,6 +44,7 @@ class Reason(StrEnum):
     NO_ROUTE = "no_route"
     # back to the queue (not failures)
     NO_SMSC_AVAILABLE = "no_smsc_available"
+    SMSC_BUSY = "smsc_busy"  # its SMSC's buffer is full: the row waits in the queue, not in memory
     SMSC_DOWN = "smsc_down"
     QUIET_HOURS = "quiet_hours"
     RELEASED_ON_SHUTDOWN = "released_on_shutdown"
@@ -56,6 +57,8 @@ class Reason(StrEnum):
     CONNECTION_LOST = "connection_lost"
     ENCODE_ERROR = "encode_error"
     DELIVERED = "delivered"
+    # a submit result Postgres refused (quarantined; the row is settled with the error in `detail`)
+    INVALID_RESULT = "invalid_result"
     # maintenance
     LEASE_EXPIRED = "lease_expired"
     LEASE_EXPIRED_MAX_ATTEMPTS = "lease_expired_max_attempts"

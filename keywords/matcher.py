@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from keywords.config import JOIN_WORD, STOP_ALL_WORDS, CustomKeyword, ShortCodeKeywords
+from keywords.consent_watch import short_code_key
 from keywords.normalise import normalise
 
 __all__ = ["Intent", "KeywordMatcher", "Match"]
@@ -215,18 +216,20 @@ class _Table:
 class KeywordMatcher:
     """Keyword matching for every short code of the gateway; built once at start, then read-only.
 
-    Short codes without their own config use ``default``. Matching is pure and never raises.
+    Short codes without their own config use ``default``. Short codes are compared in the form of
+    ``short_code_key``: a section configured as "+12345" serves MOs to "12345" and the other way round.
+    Matching is pure and never raises.
     """
 
     def __init__(self, configs: Mapping[str, ShortCodeKeywords], default: ShortCodeKeywords) -> None:
         """Precompute the tables of ``configs`` (short code -> config) and of ``default``."""
-        self._tables: dict[str, _Table] = {code: _Table.build(cfg) for code, cfg in configs.items()}
+        self._tables: dict[str, _Table] = {short_code_key(code): _Table.build(cfg) for code, cfg in configs.items()}
         self._default = _Table.build(default)
 
     def config_for(self, short_code: str) -> ShortCodeKeywords:
         """The config that applies to ``short_code`` (its own, or the default)."""
-        return self._tables.get(short_code, self._default).config
+        return self._tables.get(short_code_key(short_code), self._default).config
 
     def match(self, short_code: str, text: str) -> Match:
         """Classify ``text`` received on ``short_code``; see the module docstring for the rules."""
-        return self._tables.get(short_code, self._default).match(normalise(text))
+        return self._tables.get(short_code_key(short_code), self._default).match(normalise(text))

@@ -30,14 +30,28 @@ RETURNING p.id, p.smsc, p.source, p.destination, p.ref, p.total, p.seq, p.data_c
           p.received_at
 """
 
-# $5 dedup window (s). Messages identical to one received within the window (the SMSC re-sent it because
-# our ack was lost) are stored as duplicates and not handled again. One lookup for the whole batch.
-FIND_DUPLICATES = """
-SELECT t.i, (SELECT m.id FROM inbound_message m
-             WHERE m.smsc = t.smsc AND m.source = t.source AND m.destination = t.destination AND m.body = t.body
-               AND m.received_at > now() - make_interval(secs => $5) AND m.intent IS DISTINCT FROM 'duplicate'
-             LIMIT 1) AS original
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS t(smsc, source, destination, body, i)
+# Duplicate detection (see the processor's docstring for the rule): for each MO, the most recent earlier MO from
+# the same sender to the same short code on the same SMSC within the window ($5 s) before it. The caller compares
+# its body: only an MO identical to that one is a duplicate, so STOP, START, STOP are three messages. One lookup
+# for the whole batch, along inbound_message_dedup_idx.
+LAST_MOS = """
+SELECT t.i, l.id, l.body, l.received_at
+FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[]) WITH ORDINALITY
+    AS t(smsc, source, destination, received_at, i)
+LEFT JOIN LATERAL (
+    SELECT m.id, m.body, m.received_at FROM inbound_message m
+    WHERE m.smsc = t.smsc AND m.source = t.source AND m.destination = t.destination
+      AND m.received_at <= t.received_at AND m.received_at > t.received_at - make_interval(secs => $5)
+    ORDER BY m.received_at DESC, m.id DESC
+    LIMIT 1
+) l ON true
+ORDER BY t.i
+"""
+
+# An MO that Postgres refused however it was handled: its user data and decoded fields (as text, NUL-free: jsonb
+# cannot hold \u0000) with the error, for a person to look at. Its parts are deleted with the batch.
+QUARANTINE_MO = """
+INSERT INTO quarantine (kind, smsc, raw, fields, error) VALUES ('mo', $1, $2, $3::jsonb, $4)
 """
 
 NEXT_INBOUND_IDS = "SELECT nextval(pg_get_serial_sequence('inbound_message', 'id')) FROM generate_series(1, $1)"
@@ -97,15 +111,26 @@ ON CONFLICT (short_code, name) DO UPDATE
     SET program = EXCLUDED.program, frequency = EXCLUDED.frequency, marketing = EXCLUDED.marketing
 """
 
-# Send-time enforcement, one indexed lookup per claimed batch: opted out of the short code, and (for
-# marketing) actively subscribed to the message's list.
+# Send-time enforcement, one indexed lookup per claimed batch: opted out of the short code, (for marketing)
+# actively subscribed to the message's list, and exempt from the opt-out rule. $1 short codes (any form: compared
+# as smsgw_short_code, the SQL twin of short_code_key), $2 destination digits, $3 list names, $4 the rows'
+# inbound_message_id. Exempt means the row answers a HELP or STOP (opt_out) MO that this very number sent to this
+# very short code within a day (HELP is answered to anyone; a STOP gets its one confirmation). It is derived from
+# the MO the row links to, never from a column a producer writes alone (is_opt_out_confirmation is ignored).
 CONSENT_CHECK = """
 SELECT t.i,
        EXISTS (SELECT 1 FROM opt_out o WHERE o.short_code = t.short_code AND o.msisdn = t.msisdn) AS opted_out,
        EXISTS (SELECT 1 FROM subscription s
                WHERE s.short_code = t.short_code AND s.list_name = t.list_name AND s.msisdn = t.msisdn
-                 AND s.status = 'active') AS subscribed
-FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS t(short_code, msisdn, list_name, i)
+                 AND s.status = 'active') AS subscribed,
+       EXISTS (SELECT 1 FROM inbound_message im
+               WHERE im.id = t.inbound_message_id AND im.intent IN ('help', 'opt_out')
+                 AND im.msisdn = t.msisdn AND smsgw_short_code(im.short_code) = t.short_code
+                 AND im.received_at > now() - interval '1 day') AS exempt
+FROM (SELECT smsgw_short_code(u.short_code) AS short_code, ltrim(u.msisdn, '+') AS msisdn, u.list_name,
+             u.inbound_message_id, u.i
+      FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY
+          AS u(short_code, msisdn, list_name, inbound_message_id, i)) t
 """
 
 BROADCAST = "SELECT smsgw_broadcast($1, $2, $3, $4)"

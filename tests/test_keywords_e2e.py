@@ -111,7 +111,7 @@ async def test_stop_variants_opt_out_with_evidence_and_one_confirmation(
         assert await sim.wait_for(lambda: len(replies_to(sim, number)) == 1, timeout=10)
         # The same STOP again: stored, but no second confirmation.
         await mo(sim, number, "STOP")
-        await wait_rows(db_pool, "SELECT count(*) FROM inbound_message WHERE source = $1", number, n=2)
+        await wait_rows(db_pool, "SELECT count(*) FROM inbound_message WHERE msisdn = $1", number, n=2)
         await db_pool.execute(
             "INSERT INTO outbound_message (source, destination, body, message_class, list_name)"
             " VALUES ($1, $2, 'Big sale!', 'marketing', 'news'),"
@@ -200,11 +200,12 @@ async def test_help_to_non_subscriber_join_list_and_unknown_keyword(
         == "deals"
     )
     assert replies_to(sim, "15550000032") == []  # no default reply unless configured
-    row = await db_pool.fetchrow("SELECT intent, body FROM inbound_message WHERE source = '15550000032'")
+    # The simulator sends TON 1 (international): the sender is stored as '+' and digits.
+    row = await db_pool.fetchrow("SELECT intent, body FROM inbound_message WHERE source = '+15550000032'")
     assert dict(row) == {"intent": "other", "body": "what time do you open?"}
     reply_link = await db_pool.fetchval(
         "SELECT count(*) FROM outbound_message o JOIN inbound_message i ON i.id = o.inbound_message_id"
-        " WHERE i.source = '15550000030'"
+        " WHERE i.msisdn = '15550000030'"
     )
     assert reply_link == 1
 
@@ -223,7 +224,7 @@ async def test_concatenated_mo_is_reassembled_and_a_missing_part_times_out(
         for seq, chunk in ((1, "only the "), (3, "end")):
             await mo(sim, "15550000041", _udh_part(9, 3, seq, chunk), esm_class=0x40)
         await wait_rows(db_pool, "SELECT count(*) FROM inbound_message", n=2)
-    rows = {r["source"]: r for r in await db_pool.fetch("SELECT source, body, parts, incomplete FROM inbound_message")}
+    rows = {r["msisdn"]: r for r in await db_pool.fetch("SELECT msisdn, body, parts, incomplete FROM inbound_message")}
     assert (rows["15550000040"]["body"], rows["15550000040"]["parts"], rows["15550000040"]["incomplete"]) == (
         "First part, second part, third.",
         3,

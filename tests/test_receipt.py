@@ -9,12 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.smpp.receipt import (
+    ID_MAPPINGS,
     MESSAGE_STATES,
+    STAT_LABELS,
     Receipt,
     ReceiptParseError,
+    canonical_msgid,
+    error_code,
     format_receipt_text,
     msgid_key,
     parse_receipt,
+    receipt_keys,
+    stat_label,
 )
 
 SPEC_EXAMPLE = (
@@ -254,6 +260,22 @@ def test_state_outside_3_4_uses_the_text() -> None:
     assert receipt.message_state == 9  # the TLV as received
 
 
+@pytest.mark.parametrize(
+    ("state", "stat", "outbound"),
+    [
+        (0, "SCHEDULED", None),  # SMPP 5.0: not final
+        (9, "SKIPPED", "undeliverable"),  # SMPP 5.0: final
+        (66, "STATE_66", "undeliverable"),  # vendor value: an unknown final state, like an unknown stat word
+        (0x1234, "STATE_INVALID", "undeliverable"),  # longer than the Int1 the spec gives it
+        # thousands of digits (str() would raise): never formatted
+        pytest.param(256**3000, "STATE_INVALID", "undeliverable", id="huge"),
+    ],
+)
+def test_message_state_outside_3_4_without_text_stat(state: int, stat: str, outbound: str | None) -> None:
+    receipt = parse_receipt(b"id:5", message_state=state)
+    assert (receipt.stat, receipt.outbound_status) == (stat, outbound)
+
+
 def test_message_state_derived_from_text() -> None:
     assert parse_receipt(b"id:7 stat:UNDELIV").message_state == 5
     assert parse_receipt(b"id:7 stat:FAILED").message_state is None
@@ -287,7 +309,6 @@ def test_message_state_map_follows_spec() -> None:
         (b"msgid:5 stat:DELIVRD", {}, "no message id"),
         (b"id:5 sub:001 err:000", {}, "no state"),
         (b"", {"receipted_message_id": "5"}, "no state"),
-        (b"id:5", {"message_state": 0}, "not an SMPP 3.4 state"),
         (b"\xff\xfe\x00", {}, "no message id"),
     ],
 )
@@ -308,7 +329,12 @@ def test_unusable_receipts_raise(short_message: bytes, kwargs: dict[str, object]
         ("UNKNOWN", True, "undeliverable"),
         ("ENROUTE", False, None),
         ("ACCEPTD", False, None),
-        ("FAILED", False, None),
+        ("accepted", False, None),
+        ("BUFFERED", False, None),
+        ("SCHEDULED", False, None),
+        # Unknown final stats (vendor words) end the row undeliverable; the stat goes to its reason.
+        ("FAILED", True, "undeliverable"),
+        ("ERROR", True, "undeliverable"),
     ],
 )
 def test_final_and_outbound_status(stat: str, final: bool, outbound: str | None) -> None:
@@ -327,7 +353,137 @@ def test_parse_raises_only_receipt_parse_error(data: bytes, rid: str | None, sta
     assert receipt.stat
 
 
+@pytest.mark.parametrize(
+    ("err", "code"),
+    [
+        ("000", 0),
+        ("075", 75),
+        ("4294967295", 0xFFFFFFFF),  # 32-bit unsigned: fits the bigint column
+        ("4294967296", None),  # past 32 bits: kept only in reason
+        ("99999999999999999999999", None),
+        ("²", None),  # str.isdigit() is true, int() raises
+        ("١٢", None),  # Arabic-Indic digits: int() would read 12
+        ("0x4B", None),
+        ("-1", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_error_code_takes_ascii_digits_up_to_32_bits(err: str | None, code: int | None) -> None:
+    assert error_code(err) == code
+
+
+def test_superscript_err_parses() -> None:
+    receipt = parse_receipt("id:7 stat:UNDELIV err:²".encode("latin-1"))
+    assert (receipt.err, error_code(receipt.err), receipt.outbound_status) == ("²", None, "undeliverable")
+
+
+def test_nul_inside_the_id_is_replaced() -> None:
+    receipt = parse_receipt(b"id:12\x0034 stat:DELIVRD err:000")
+    assert receipt.message_id == "12\ufffd34"
+    assert "\x00" not in "".join(receipt_keys(receipt.message_id, "auto")[0])
+
+
+def test_huge_id_and_stat_are_capped() -> None:
+    receipt = parse_receipt(b"id:" + b"9" * 10_000 + b" stat:" + b"X" * 10_000)
+    assert len(receipt.message_id) <= 128 and len(receipt.stat) <= 64
+    assert receipt_keys(receipt.message_id, "auto") == (receipt.message_id, None, None)
+
+
+@pytest.mark.parametrize(
+    ("stat", "label"),
+    [("DELIVRD", "DELIVRD"), ("UNDELIV", "UNDELIV"), ("ENROUTE", "ENROUTE"), ("FAILED", "other"),
+     ("STATE_66", "other"), ("X" * 64, "other")],
+)
+def test_stat_label_is_bounded(stat: str, label: str) -> None:
+    assert stat_label(stat) == label
+    assert stat_label(stat) in STAT_LABELS | {"other"}
+
+
 # --- message id correlation --------------------------------------------------------------------
+
+
+# (id as written, canonical key)
+CANONICAL_CASES = [
+    ("288230376293190992", "288230376293190992"),
+    ("0000012345", "12345"),  # zero-padded decimal (jsmpp #178)
+    ("04000000086ECD50", "4000000086ECD50"),
+    ("04000000086ecd50", "4000000086ECD50"),  # hex case does not matter
+    (" 1a2b3c4d ", "1A2B3C4D"),
+    ("0", "0"),
+    ("000", "0"),
+    ("0118Z-0122I-2309U-57DGB", "0118Z-0122I-2309U-57DGB"),  # not a number: as written
+    ("abc-01", "abc-01"),
+    ("msg\x0042", "msg42"),
+    ("", ""),
+]
+
+
+@pytest.mark.parametrize(("message_id", "key"), CANONICAL_CASES)
+def test_canonical_msgid(message_id: str, key: str) -> None:
+    assert canonical_msgid(message_id) == key
+    assert msgid_key(message_id, "auto") == key
+
+
+# (receipt id, (exact, hex spelling of a decimal id, decimal value of a hex id))
+RECEIPT_KEY_CASES = [
+    # decimal receipt for a hex submit_sm_resp id: the hex spelling is candidate 1
+    ("288230376293190992", ("288230376293190992", "4000000086ECD50", str(0x288230376293190992))),
+    ("704643072", ("704643072", "2A000000", str(0x704643072))),
+    # hex receipt for a decimal submit_sm_resp id: the decimal value is candidate 2
+    ("04000000086ECD50", ("4000000086ECD50", None, "288230376293190992")),
+    ("2a000000", ("2A000000", None, "704643072")),
+    ("0000012345", ("12345", "3039", "74565")),
+    # single digits read the same in both bases: one key
+    ("7", ("7", None, None)),
+    ("0", ("0", None, None)),
+    # 10 decimal = A hex; "10" read as hex = 16
+    ("10", ("10", "A", "16")),
+    # not a number: only the id as written
+    ("0118Z-0122I-2309U-57DGB", ("0118Z-0122I-2309U-57DGB", None, None)),
+    ("１２", ("１２", None, None)),  # full-width digits are not a number
+    ("²", ("²", None, None)),
+    ("12\ufffd34", ("12\ufffd34", None, None)),
+    ("F" * 33, ("F" * 33, None, None)),  # longer than any counter: not read as a number
+]
+
+
+@pytest.mark.parametrize(("message_id", "keys"), RECEIPT_KEY_CASES)
+def test_receipt_keys_auto(message_id: str, keys: tuple[str, str | None, str | None]) -> None:
+    assert receipt_keys(message_id, "auto") == keys
+
+
+@pytest.mark.parametrize(
+    ("message_id", "fmt", "keys"),
+    [
+        ("0000012345", "decimal", ("12345", None, None)),
+        ("3039", "hex", ("12345", None, None)),
+        (" 0042 ", "string", ("0042", None, None)),
+    ],
+)
+def test_receipt_keys_explicit_format_gives_one_key(
+    message_id: str, fmt: str, keys: tuple[str, str | None, str | None]
+) -> None:
+    assert receipt_keys(message_id, fmt) == keys
+
+
+@given(st.integers(min_value=0, max_value=2**64 - 1), st.integers(min_value=0, max_value=10))
+def test_auto_keys_find_the_submit_key_in_either_base(value: int, padding: int) -> None:
+    hex_id, decimal_id = "0" * padding + f"{value:x}", "0" * padding + str(value)
+    # submit_sm_resp hex, receipt decimal
+    index = receipt_keys(decimal_id, "auto").index(msgid_key(hex_id, "auto"))
+    assert ID_MAPPINGS[index] == ("exact" if value < 10 else "hex_to_decimal")
+    # submit_sm_resp decimal, receipt hex
+    index = receipt_keys(hex_id, "auto").index(msgid_key(decimal_id, "auto"))
+    assert ID_MAPPINGS[index] in (("exact",) if value < 10 else ("decimal_to_hex", "hex_to_decimal"))
+
+
+@given(st.text(max_size=80))
+def test_receipt_keys_never_raise_and_never_repeat(message_id: str) -> None:
+    keys = [key for key in receipt_keys(message_id, "auto") if key is not None]
+    assert len(keys) == len(set(keys))
+    assert all(isinstance(key, str) and "\x00" not in key for key in keys)
+
 
 
 @pytest.mark.parametrize(

@@ -83,15 +83,78 @@ def test_responses_out_of_order_match_by_sequence_number() -> None:
 
 
 def test_response_timeout_frees_the_slot() -> None:
-    sess = bound_session(window=1, response_timeout=5)
+    sess = bound_session(window=1, response_timeout=5, late_grace=0)
     seq = sess.send_request(SubmitSm(destination_addr="1"), 1.0, "ctx")
     assert sess.next_deadline() == 6.0
     events = sess.handle_timer(6.0)
     assert events == [s.RequestTimedOut(0x04, seq, "ctx")]
     assert sess.window_free == 1
-    # A late response is dropped as unmatched, not delivered twice.
+    # Without a grace, a late response is dropped as unmatched, not delivered twice.
     late = sess.receive_data(codec.encode(SubmitSmResp(sequence_number=seq, message_id="x")), 7.0)
     assert isinstance(late[0], s.ProtocolViolation) and not late[0].fatal
+
+
+def _late_script(steps: list[tuple[float, str]], grace: float = 5.0) -> list[list[str]]:
+    """Run a submit sent at t=1 (timeout 5, so overdue at 6) through timer ticks ('tick'), its response
+    ('resp'), a lost link ('lost') or a second submit ('send'); return the event names of each step."""
+    sess = bound_session(window=1, response_timeout=5, late_grace=grace)
+    seq = sess.send_request(SubmitSm(destination_addr="1"), 1.0, "ctx")
+    out: list[list[str]] = []
+    for now, step in steps:
+        if step == "tick":
+            events = sess.handle_timer(now)
+        elif step == "resp":
+            events = sess.receive_data(codec.encode(SubmitSmResp(sequence_number=seq, message_id="m1")), now)
+        elif step == "lost":
+            events = sess.connection_lost()
+        elif step == "send":
+            sess.send_request(SubmitSm(destination_addr="2"), now, "second")
+            events = []
+        else:
+            raise AssertionError(step)
+        out.append([f"{type(e).__name__}:{getattr(e, 'context', '')}" for e in events])
+    return out
+
+
+@pytest.mark.parametrize(
+    ("steps", "expected"),
+    [
+        # in time: an ordinary response
+        ([(3.0, "resp")], [["ResponseReceived:ctx"]]),
+        # past the timeout: overdue (slot free), then the late answer is delivered with the original context
+        ([(6.0, "tick"), (8.0, "resp")], [["RequestOverdue:ctx"], ["ResponseReceived:ctx"]]),
+        # the grace runs out: the timeout is reported as before, and a later answer matches nothing
+        ([(6.0, "tick"), (11.0, "tick"), (12.0, "resp")],
+         [["RequestOverdue:ctx"], ["RequestTimedOut:ctx"], ["ProtocolViolation:"]]),
+        # a timer that fires long after both deadlines reports both at once, in order
+        ([(20.0, "tick")], [["RequestOverdue:ctx", "RequestTimedOut:ctx"]]),
+        # the link drops during the grace: the timeout is reported at once
+        ([(6.0, "tick"), (7.0, "lost")], [["RequestOverdue:ctx"], ["RequestTimedOut:ctx"]]),
+        # the freed slot takes a new submit while the first one is still awaited late
+        ([(6.0, "tick"), (6.5, "send"), (8.0, "resp")], [["RequestOverdue:ctx"], [], ["ResponseReceived:ctx"]]),
+    ],
+)
+def test_late_submit_sm_resp_within_the_grace_is_delivered(
+    steps: list[tuple[float, str]], expected: list[list[str]]
+) -> None:
+    assert _late_script(steps) == expected
+
+
+def test_late_requests_keep_their_sequence_numbers_and_deadlines() -> None:
+    sess = bound_session(window=1, response_timeout=5, late_grace=3)
+    seq = sess.send_request(SubmitSm(destination_addr="1"), 1.0, "ctx")
+    sess.handle_timer(6.0)
+    assert (sess.window_free, sess.in_flight, sess.awaiting) == (1, 0, 1)
+    assert sess.next_deadline() == 9.0  # end of the grace (the keep-alive is later)
+    sess._next_seq = seq  # a wrap must not hand out a sequence number that is still awaited
+    assert sess.send_request(SubmitSm(destination_addr="2"), 6.0, "b") != seq
+    # Paused reading shifts the grace like any deadline: an unread answer is not a missing one.
+    sess.pause_timers(7.0)
+    assert sess.handle_timer(100.0) == []
+    sess.resume_timers(10.0)
+    assert sess.handle_timer(11.9) == []
+    assert sess.handle_timer(12.0) == [s.RequestTimedOut(0x04, seq, "ctx")]  # 9 + 3 paused
+    assert [e.context for e in sess.handle_timer(14.0)] == ["b"]  # overdue: 6 + 5 + 3 paused
 
 
 def test_enquire_link_sent_when_idle_and_dead_link_detected() -> None:

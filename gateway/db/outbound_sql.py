@@ -8,6 +8,9 @@ per statement; no transaction is held open between statements.
 from __future__ import annotations
 
 # $1 claim token, $2 lease seconds, $3 limit. The router picks the SMSC afterwards; marks and settles record it.
+# $4-$6 (prefix, source or NULL, message_class or NULL): rows the router knows belong to an SMSC whose buffer is
+# full (an E.164 destination '+<prefix>...' of a prefix route, see Router.blocked_rules); they stay queued
+# instead of being claimed and handed back. Empty arrays: no filter.
 CLAIM = """
 UPDATE outbound_message m
 SET status = 'claimed', claimed_by = $1, claimed_until = now() + make_interval(secs => $2),
@@ -15,24 +18,86 @@ SET status = 'claimed', claimed_by = $1, claimed_until = now() + make_interval(s
 WHERE m.id IN (
     SELECT id FROM outbound_message
     WHERE status = 'queued' AND send_after <= now()
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($4::text[], $5::text[], $6::text[]) AS b(prefix, source, message_class)
+          WHERE outbound_message.destination LIKE '+' || b.prefix || '%'
+            AND (b.source IS NULL OR btrim(outbound_message.source) = b.source)
+            AND (b.message_class IS NULL OR outbound_message.message_class = b.message_class))
     ORDER BY priority DESC, send_after, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 )
-RETURNING m.id, m.source, m.destination, m.body, m.priority, m.message_class, m.expires_at, m.attempts,
-          m.created_at, m.list_name, m.is_opt_out_confirmation
+RETURNING m.id, m.source, m.destination, m.body, m.priority, m.message_class,
+          -- Timestamps a producer wrote are clamped to what Python can hold (asyncpg fails a whole fetch on a
+          -- year past 9999 or BC, and returns 'infinity' as a naive datetime.max): 'infinity' and the far
+          -- future mean never (NULL), '-infinity' and the distant past mean long expired.
+          CASE WHEN m.expires_at >= '9000-01-01' THEN NULL
+               WHEN m.expires_at < '1971-01-01' THEN timestamptz '1970-01-01 00:00+00'
+               ELSE m.expires_at END AS expires_at,
+          m.attempts,
+          least(greatest(m.created_at, timestamptz '1970-01-01 00:00+00'), timestamptz '9000-01-01 00:00+00')
+              AS created_at,
+          m.list_name, m.is_opt_out_confirmation, m.inbound_message_id
 """
 
-# Successful submit_sm_resp. Receipts parked before the mark (DLR-before-resp race) are consumed here.
+# $1 ids, $2 their claim tokens, $3 lease seconds. Rows still held by a dispatcher (buffered, being sent, awaiting
+# their response) keep their claim; a row no longer claimed with that token is not returned (it is not ours).
+RENEW_LEASES = """
+UPDATE outbound_message m
+SET claimed_until = now() + make_interval(secs => $3)
+FROM unnest($1::bigint[], $2::text[]) AS i(id, token)
+WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
+RETURNING m.id
+"""
+
+# Parked receipts a batch of marks ({marks}, each identified by {mark}) consumes (the DLR-before-resp race): a
+# receipt parked within {window} seconds, naming the mark's key under any of its candidate keys, the id as
+# written first. Each receipt goes to one mark and each mark takes at most one receipt (two parked copies of one
+# receipt would otherwise hit one ON CONFLICT row twice); a copy left over is taken by the sweeper and finds its
+# row already final. Older parked receipts (kept for days) never match a mark: the id may be a later message's.
+_TAKE_PARKED = """
+cand AS (
+    SELECT {x_mark}, p.id AS pid, 0 AS rank FROM {marks} x
+    JOIN pending_receipt p ON p.smsc = x.smsc AND p.msgid_key = x.msgid_key
+    WHERE p.received_at > now() - make_interval(secs => {window})
+    UNION ALL
+    SELECT {x_mark}, p.id, 1 FROM {marks} x
+    JOIN pending_receipt p ON p.smsc = x.smsc AND p.alt_key1 = x.msgid_key
+    WHERE p.received_at > now() - make_interval(secs => {window})
+    UNION ALL
+    SELECT {x_mark}, p.id, 2 FROM {marks} x
+    JOIN pending_receipt p ON p.smsc = x.smsc AND p.alt_key2 = x.msgid_key
+    WHERE p.received_at > now() - make_interval(secs => {window})
+), best AS (
+    SELECT DISTINCT ON ({mark}) {mark}, pid FROM (
+        SELECT DISTINCT ON (pid) {mark}, pid, rank FROM cand ORDER BY pid, rank, {mark}
+    ) one_mark_per_receipt
+    ORDER BY {mark}, rank, pid
+), parked AS (
+    DELETE FROM pending_receipt p USING best b
+    WHERE p.id = b.pid
+    RETURNING {b_mark}, p.status, p.receipt_stat, p.error_code, p.reason
+)"""
+
+
+def _take_parked(marks: str, window: str, mark: tuple[str, ...]) -> str:
+    """_TAKE_PARKED for marks in CTE `marks` identified by the columns `mark`; `parked` returns them as mark_<col>."""
+    return _TAKE_PARKED.format(
+        marks=marks,
+        window=window,
+        mark=", ".join(mark),
+        x_mark=", ".join(f"x.{col}" for col in mark),
+        b_mark=", ".join(f"b.{col} AS mark_{col}" for col in mark),
+    )
+
+
+# Successful submit_sm_resp; $7 parked-receipt match window (seconds). Receipts parked before the mark
+# (DLR-before-resp race) are consumed here.
 MARK_SUBMITTED = """
 WITH i AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
         AS t(id, token, smsc, message_id, msgid_key, bind_name)
-), parked AS (
-    DELETE FROM pending_receipt p USING i
-    WHERE p.smsc = i.smsc AND p.msgid_key = i.msgid_key
-    RETURNING p.smsc, p.msgid_key, p.status, p.receipt_stat, p.error_code, p.reason
-)
+), """ + _take_parked("i", "$7", ("id",)) + """
 UPDATE outbound_message m
 SET status = COALESCE(parked.status, 'submitted'),
     smsc = i.smsc, smsc_message_id = i.message_id, smsc_msgid_key = i.msgid_key, bind_name = i.bind_name,
@@ -42,7 +107,7 @@ SET status = COALESCE(parked.status, 'submitted'),
     reason = parked.reason,
     done_at = CASE WHEN parked.status IS NULL THEN NULL ELSE now() END,
     updated_at = now()
-FROM i LEFT JOIN parked ON parked.smsc = i.smsc AND parked.msgid_key = i.msgid_key
+FROM i LEFT JOIN parked ON parked.mark_id = i.id
 WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
 """
 
@@ -59,7 +124,8 @@ _PART_OUTCOMES = """
     GROUP BY message_id"""
 
 # All parts of a multi-part message accepted: one row per part (receipts parked before are consumed), and the
-# message is 'submitted' (or final at once, when every part's receipt was already parked).
+# message is 'submitted' (or final at once, when every part's receipt was already parked). $9: parked-receipt
+# match window (seconds).
 MARK_PARTS_SUBMITTED = """
 WITH i AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::smallint[], $6::text[],
@@ -67,16 +133,12 @@ WITH i AS (
         AS t(id, token, smsc, seq, total, message_id, msgid_key, bind_name)
 ), fenced AS (
     SELECT i.* FROM i JOIN outbound_message m ON m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
-), parked AS (
-    DELETE FROM pending_receipt p USING fenced f
-    WHERE p.smsc = f.smsc AND p.msgid_key = f.msgid_key
-    RETURNING p.smsc, p.msgid_key, p.status, p.receipt_stat, p.error_code, p.reason
-), parts AS (
+), """ + _take_parked("fenced", "$9", ("id", "seq")) + """, parts AS (
     INSERT INTO message_part AS mp (message_id, seq, total, smsc, smsc_message_id, smsc_msgid_key, status,
                                     receipt_stat, error_code, reason, done_at)
     SELECT f.id, f.seq, f.total, f.smsc, f.message_id, f.msgid_key, coalesce(pk.status, 'submitted'),
            pk.receipt_stat, pk.error_code, pk.reason, CASE WHEN pk.status IS NULL THEN NULL ELSE now() END
-    FROM fenced f LEFT JOIN parked pk ON pk.smsc = f.smsc AND pk.msgid_key = f.msgid_key
+    FROM fenced f LEFT JOIN parked pk ON pk.mark_id = f.id AND pk.mark_seq = f.seq
     -- A retried message replaces the parts of its earlier attempt.
     ON CONFLICT (message_id, seq) DO UPDATE
         SET smsc = EXCLUDED.smsc, smsc_message_id = EXCLUDED.smsc_message_id,
@@ -107,35 +169,61 @@ SET status = i.status,
     attempts = m.attempts + i.attempts_delta,
     error_code = i.error_code,
     reason = i.reason,
+    detail = i.detail,
     bind_name = COALESCE(i.bind_name, m.bind_name),
     smsc = COALESCE(i.smsc, m.smsc),
     done_at = CASE WHEN i.status = 'queued' THEN NULL ELSE now() END,
     claimed_by = NULL, claimed_until = NULL, updated_at = now()
-FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::int[], $6::text[], $7::int[], $8::text[],
-            $9::text[])
-    AS i(id, token, status, delay, error_code, reason, attempts_delta, bind_name, smsc)
+FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::bigint[], $6::text[], $7::int[], $8::text[],
+            $9::text[], $10::text[])
+    AS i(id, token, status, delay, error_code, reason, attempts_delta, bind_name, smsc, detail)
 WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
 """
+
+# A message (or part) submitted within the last $11 seconds (the receipt timeout) whose key is {key}: a receipt
+# matches only those, so an id the SMSC reuses later never takes an old message's receipt, nor the reverse.
+_LIVE_KEY = """(
+        EXISTS (SELECT 1 FROM outbound_message m WHERE m.smsc = i.smsc AND m.smsc_msgid_key = {key}
+                AND m.submitted_at > now() - make_interval(secs => $11))
+        OR EXISTS (SELECT 1 FROM message_part p WHERE p.smsc = i.smsc AND p.smsc_msgid_key = {key}
+                   AND p.submitted_at > now() - make_interval(secs => $11)))"""
 
 # Final receipts: update the submitted single-part row, or the part of a multi-part message (which is final
 # when all its parts are: delivered, or the first failing part's outcome), or park the receipt when no row
 # carries that id yet. A CTE does not see another CTE's updates, so the aggregate joins the new part states in.
+# Each receipt brings up to three candidate keys (gateway/smpp/receipt.py receipt_keys: key0 the id as written,
+# key1 the hex spelling of a decimal id, key2 the decimal value of a hex id; NULL when not applicable): the first
+# that names a live message is used, so an exact match always wins over the alternates and a receipt never
+# updates rows under two keys. A receipt no key matches is parked with all its keys; $10 received_at keeps a
+# re-parked receipt's age (NULL = now). Returns (smsc, matched, n): matched is the index of the key used
+# (ID_MAPPINGS), NULL for parked receipts.
 RECORD_RECEIPTS = """
 WITH i AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::int[], $7::text[])
-        AS t(smsc, msgid_key, message_id, status, receipt_stat, error_code, reason)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                         $8::bigint[], $9::text[], $10::timestamptz[])
+        AS t(smsc, key0, key1, key2, message_id, status, receipt_stat, error_code, reason, received_at)
+), k AS (
+    -- One CASE, evaluated once per receipt (its probes stop at the first key that matches).
+    SELECT i.*, CASE
+        WHEN """ + _LIVE_KEY.format(key="i.key0") + """ THEN i.key0
+        WHEN i.key1 IS NOT NULL AND """ + _LIVE_KEY.format(key="i.key1") + """ THEN i.key1
+        WHEN i.key2 IS NOT NULL AND """ + _LIVE_KEY.format(key="i.key2") + """ THEN i.key2
+    END AS msgid_key
+    FROM i
 ), upd AS (
     UPDATE outbound_message m
-    SET status = i.status, receipt_stat = i.receipt_stat, error_code = i.error_code, reason = i.reason,
+    SET status = k.status, receipt_stat = k.receipt_stat, error_code = k.error_code, reason = k.reason,
         done_at = now(), updated_at = now()
-    FROM i
-    WHERE m.smsc = i.smsc AND m.smsc_msgid_key = i.msgid_key AND m.status = 'submitted'
+    FROM k
+    WHERE m.smsc = k.smsc AND m.smsc_msgid_key = k.msgid_key AND m.status = 'submitted'
+      AND m.submitted_at > now() - make_interval(secs => $11)
     RETURNING m.id
 ), part AS (
     UPDATE message_part p
-    SET status = i.status, receipt_stat = i.receipt_stat, error_code = i.error_code, reason = i.reason, done_at = now()
-    FROM i
-    WHERE p.smsc = i.smsc AND p.smsc_msgid_key = i.msgid_key AND p.status = 'submitted'
+    SET status = k.status, receipt_stat = k.receipt_stat, error_code = k.error_code, reason = k.reason, done_at = now()
+    FROM k
+    WHERE p.smsc = k.smsc AND p.smsc_msgid_key = k.msgid_key AND p.status = 'submitted'
+      AND p.submitted_at > now() - make_interval(secs => $11)
     RETURNING p.message_id, p.seq, p.status, p.receipt_stat, p.error_code, p.reason
 ), agg AS (
 """ + _PART_OUTCOMES.format(parts="""
@@ -151,25 +239,48 @@ WITH i AS (
     FROM agg a
     WHERE m.id = a.message_id AND a.all_done AND m.status = 'submitted'
     RETURNING m.id
+), parked AS (
+    INSERT INTO pending_receipt (smsc, msgid_key, alt_key1, alt_key2, message_id, status, receipt_stat, error_code,
+                                 reason, received_at)
+    SELECT k.smsc, k.key0, k.key1, k.key2, k.message_id, k.status, k.receipt_stat, k.error_code, k.reason,
+           coalesce(k.received_at, now())
+    FROM k WHERE k.msgid_key IS NULL
 )
-INSERT INTO pending_receipt (smsc, msgid_key, message_id, status, receipt_stat, error_code, reason)
-SELECT i.smsc, i.msgid_key, i.message_id, i.status, i.receipt_stat, i.error_code, i.reason
-FROM i
-WHERE NOT EXISTS (SELECT 1 FROM outbound_message m WHERE m.smsc = i.smsc AND m.smsc_msgid_key = i.msgid_key)
-  AND NOT EXISTS (SELECT 1 FROM message_part p WHERE p.smsc = i.smsc AND p.smsc_msgid_key = i.msgid_key)
+SELECT smsc, CASE msgid_key WHEN key0 THEN 0 WHEN key1 THEN 1 WHEN key2 THEN 2 END AS matched, count(*)::int AS n
+FROM k GROUP BY 1, 2
 """
 
 # Re-sent parts of a concatenated MO (same identity, not yet assembled) are stored once.
 INSERT_MO_PARTS = """
 INSERT INTO mo_part (smsc, source, destination, ref, total, seq, data_coding, esm_class, payload)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::smallint[], $6::smallint[],
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::smallint[], $6::smallint[],
                      $7::smallint[], $8::smallint[], $9::bytea[])
+    AS t(smsc, source, destination, ref, total, seq, data_coding, esm_class, payload)
 ON CONFLICT (smsc, source, destination, ref, total, seq) WHERE total > 1 DO NOTHING
 """
 
 INSERT_INBOUND = """
 INSERT INTO inbound_message (smsc, source, destination, body, data_coding, esm_class, raw_short_message)
 SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::smallint[], $6::smallint[], $7::bytea[])
+    AS t(smsc, source, destination, body, data_coding, esm_class, raw_short_message)
+"""
+
+# What an SMSC sent (or a result we made) that Postgres refused: kept with its error, then acknowledged.
+INSERT_QUARANTINE = """
+INSERT INTO quarantine (kind, smsc, raw, fields, error)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[], $5::text[])
+    AS t(kind, smsc, raw, fields, error)
+"""
+
+# A claimed row whose result could not be written ($3 status: 'submitted' when the SMSC accepted it, so it is
+# not sent again and ends 'expired' without a receipt; else 'failed'): not left 'claimed' until its lease runs out.
+SETTLE_INVALID_RESULT = """
+UPDATE outbound_message
+SET status = $3, reason = 'invalid_result', detail = $4, smsc = COALESCE($5, smsc),
+    submitted_at = CASE WHEN $3 = 'submitted' THEN now() ELSE submitted_at END,
+    done_at = CASE WHEN $3 = 'submitted' THEN NULL ELSE now() END,
+    claimed_by = NULL, claimed_until = NULL, updated_at = now()
+WHERE id = $1 AND claimed_by = $2 AND status = 'claimed'
 """
 
 # -- maintenance (every few seconds, on every instance) ---------------------------------------------------
@@ -198,12 +309,26 @@ WHERE status = 'queued' AND expires_at IS NOT NULL AND expires_at < now()
 """
 
 # Receipts parked when their mark was in flight in another transaction (neither saw the other): taken out
-# here and recorded again with RECORD_RECEIPTS in the same transaction.
+# here and recorded again with RECORD_RECEIPTS in the same transaction (the columns are its first ten
+# parameters). $1 parked-receipt match window, $2 receipt timeout (seconds): only recent parked receipts, and
+# only for messages submitted within the receipt timeout, as for the mark.
 TAKE_MATCHABLE_PARKED = """
 DELETE FROM pending_receipt p
-WHERE EXISTS (SELECT 1 FROM outbound_message m WHERE m.smsc = p.smsc AND m.smsc_msgid_key = p.msgid_key)
-   OR EXISTS (SELECT 1 FROM message_part mp WHERE mp.smsc = p.smsc AND mp.smsc_msgid_key = p.msgid_key)
-RETURNING smsc, msgid_key, message_id, status, receipt_stat, error_code, reason
+WHERE p.received_at > now() - make_interval(secs => $1)
+  AND (EXISTS (SELECT 1 FROM outbound_message m
+               WHERE m.smsc = p.smsc AND m.smsc_msgid_key IN (p.msgid_key, p.alt_key1, p.alt_key2)
+                 AND m.submitted_at > now() - make_interval(secs => $2))
+       OR EXISTS (SELECT 1 FROM message_part mp
+                  WHERE mp.smsc = p.smsc AND mp.smsc_msgid_key IN (p.msgid_key, p.alt_key1, p.alt_key2)
+                    AND mp.submitted_at > now() - make_interval(secs => $2)))
+RETURNING smsc, msgid_key, alt_key1, alt_key2, message_id, status, receipt_stat, error_code, reason, received_at
+"""
+
+# $1 parked-receipt match window (seconds). Parked receipts per SMSC, and how many of them are past the window
+# (no mark will take them: their id matched nothing in time), for the gauge and the pile-up warning.
+PARKED_RECEIPTS = """
+SELECT smsc, count(*) AS parked, count(*) FILTER (WHERE received_at < now() - make_interval(secs => $1)) AS stale
+FROM pending_receipt GROUP BY smsc
 """
 
 # $1 days

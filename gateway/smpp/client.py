@@ -2,7 +2,8 @@
 
 Rule of this module: protocol decisions live in `session.py`; this file only moves bytes, arms one
 timer from `Session.next_deadline()`, and resolves futures keyed by sequence number. Every network
-wait has a timeout.
+wait has a timeout. Reading can be paused by flow control (`pause_reading`): bytes already read but not yet
+decoded are held, undecoded, until `resume_reading`, and the session's timers stop meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from gateway.smpp import session as s
 from gateway.smpp.pdu import DataSm, DeliverSm, Pdu, _Bind
 
 log = logging.getLogger(__name__)
+
+# Received bytes are decoded this much at a time, so that a pause asked for by a handler (the writer is full)
+# takes effect within a few PDUs instead of after the whole read (uvloop reads up to 256 KiB at once).
+FEED_CHUNK = 4096
 
 
 class ConnectionClosedError(s.SessionError):
@@ -70,6 +75,8 @@ class SmppConnection(asyncio.Protocol):
         self._write_paused = False
         self._writable = asyncio.Event()
         self._writable.set()
+        self._read_paused = False
+        self._held = bytearray()  # read from the socket while paused, not yet given to the session
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -78,10 +85,12 @@ class SmppConnection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
-        events = self.session.receive_data(data, self._loop.time())
-        self._dispatch(events)
-        self._flush()
-        self._rearm()
+        if self._held or self._read_paused:
+            self._held += data  # behind what is held already, to keep the order
+            if not self._read_paused:
+                self._feed_held()
+            return
+        self._feed(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = self.close_reason or (f"connection lost: {exc}" if exc else "connection closed by peer")
@@ -96,6 +105,36 @@ class SmppConnection(asyncio.Protocol):
         self._writable.set()
         if self._on_window is not None:
             self._on_window(self)
+
+    def pause_reading(self) -> None:
+        """Stop reading from the SMSC (flow control): unread PDUs stay in the socket, and the SMSC stops
+        sending when its window is full. Response and keep-alive timers stop too. Safe on a closed connection."""
+        if self._read_paused or self.is_closed:
+            return
+        self._read_paused = True
+        self.session.pause_timers(self._loop.time())
+        self._rearm()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again; what was held while paused is decoded first (on the next loop turn)."""
+        if not self._read_paused:
+            return
+        self._read_paused = False
+        if self.is_closed:
+            return
+        self.session.resume_timers(self._loop.time())
+        self._rearm()
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+        if self._held:
+            # Not inline: the caller (the writer, running acks) must not re-enter the request handler.
+            self._loop.call_soon(self._feed_held)
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._read_paused
 
     # -- API -----------------------------------------------------------------------------------------
 
@@ -181,6 +220,30 @@ class SmppConnection(asyncio.Protocol):
 
     # -- internals -----------------------------------------------------------------------------------
 
+    def _feed(self, data: bytes) -> None:
+        """Give received bytes to the session a chunk at a time; hold the rest as soon as reading is paused."""
+        now = self._loop.time()
+        if len(data) <= FEED_CHUNK:
+            self._dispatch(self.session.receive_data(data, now))
+        else:
+            view = memoryview(data)
+            for pos in range(0, len(view), FEED_CHUNK):
+                if self.is_closed:
+                    break
+                if self._read_paused:
+                    self._held += view[pos:]
+                    break
+                self._dispatch(self.session.receive_data(bytes(view[pos : pos + FEED_CHUNK]), now))
+        self._flush()
+        self._rearm()
+
+    def _feed_held(self) -> None:
+        if self._read_paused or self.is_closed or not self._held:
+            return
+        data = bytes(self._held)
+        self._held.clear()
+        self._feed(data)
+
     def _flush(self) -> None:
         data = self.session.data_to_send()
         if data and self._transport is not None and not self._transport.is_closing():
@@ -219,6 +282,8 @@ class SmppConnection(asyncio.Protocol):
             elif isinstance(ev, s.RequestTimedOut):
                 _fail(ev.context, RequestTimeoutError(f"no response to seq {ev.sequence_number}"))
                 window_moved = True
+            elif isinstance(ev, s.RequestOverdue):
+                window_moved = True  # the slot is free; the future stays open for a late answer (the grace)
             elif isinstance(ev, s.Bound):
                 self.peer_system_id = ev.system_id
                 if self._bind_future is not None and not self._bind_future.done():
@@ -258,6 +323,7 @@ class SmppConnection(asyncio.Protocol):
             if fut is not None and not fut.done():
                 fut.set_exception(ConnectionClosedError(reason))
                 fut.exception()  # mark retrieved: nobody may be waiting any more
+        self._held.clear()
         self._closed.set()
         self._writable.set()
         if self._on_close is not None:

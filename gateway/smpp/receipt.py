@@ -14,13 +14,20 @@ from typing import Final
 
 __all__ = [
     "FINAL_STATS",
+    "ID_MAPPINGS",
+    "INTERMEDIATE_STATS",
     "MESSAGE_STATES",
+    "STAT_LABELS",
     "STAT_TO_STATE",
     "Receipt",
     "ReceiptParseError",
+    "canonical_msgid",
+    "error_code",
     "format_receipt_text",
     "msgid_key",
     "parse_receipt",
+    "receipt_keys",
+    "stat_label",
 ]
 
 # message_state TLV (spec §5.2.28) -> the 7-character stat of the text form.
@@ -36,9 +43,18 @@ MESSAGE_STATES: Final[dict[int, str]] = {
 }
 STAT_TO_STATE: Final[dict[str, int]] = {stat: state for state, stat in MESSAGE_STATES.items()}
 
-# ACCEPTD is final in the spec, but Kannel (and carriers in practice) send it while the message
-# is still buffered: treat it as not final so a later DELIVRD/UNDELIV is still awaited.
+# SMPP 5.0 adds these two message_state values; outside 0-9 a value is vendor-specific.
+_SMPP50_STATES: Final[dict[int, str]] = {0: "SCHEDULED", 9: "SKIPPED"}
+
+# The final stats of SMPP 3.4. Any other stat that is not intermediate (below) is final too: vendor words
+# such as FAILED or ERROR end the row 'undeliverable' with the stat in its reason, rather than leaving it
+# 'submitted' until the receipt timeout.
 FINAL_STATS: Final = frozenset({"DELIVRD", "EXPIRED", "DELETED", "UNDELIV", "UNKNOWN", "REJECTD"})
+# Not final: a later receipt is still expected. ACCEPTD is final in the spec, but Kannel (and carriers in
+# practice) send it while the message is still buffered, so a later DELIVRD/UNDELIV is still awaited.
+INTERMEDIATE_STATS: Final = frozenset({"ENROUTE", "ACCEPTD", "SCHEDULED", "BUFFRED", "PENDING"})
+# Metric label values: SMSC-supplied stats map to this fixed set plus "other" (bounded label cardinality).
+STAT_LABELS: Final = frozenset({*FINAL_STATS, *INTERMEDIATE_STATS, "SKIPPED"})
 
 _OUTBOUND_STATUS: Final[dict[str, str]] = {
     "DELIVRD": "delivered",
@@ -53,9 +69,19 @@ _OUTBOUND_STATUS: Final[dict[str, str]] = {
 _STAT_ALIASES: Final[dict[str, str]] = {
     "DELIVERED": "DELIVRD",
     "UNDELIVERABLE": "UNDELIV",
+    "UNDELIVERED": "UNDELIV",
     "ACCEPTED": "ACCEPTD",
     "REJECTED": "REJECTD",
+    "EN_ROUTE": "ENROUTE",
+    "BUFFERED": "BUFFRED",
+    "SCHEDLD": "SCHEDULED",
 }
+# Longest id / stat / err kept: SMPP ids are at most 65 octets; a longer token is garbage, and a
+# multi-kilobyte one would not fit a btree index entry.
+_MAX_ID: Final = 128
+_MAX_WORD: Final = 64
+# err: codes up to 32-bit unsigned fit the bigint error_code column; larger ones stay only in `reason`.
+_MAX_ERROR_CODE: Final = 0xFFFFFFFF
 
 # Keys as they appear in the text; "submit date"/"submitdate"/"submit_date" all match.
 _KEYS: Final[dict[str, str]] = {
@@ -106,13 +132,20 @@ class Receipt:
 
     @property
     def final(self) -> bool:
-        """True when no further receipt is expected (ENROUTE, ACCEPTD and unknown stats are not final)."""
-        return self.stat in FINAL_STATS
+        """True when no further receipt is expected: every stat but the intermediate ones (ENROUTE, ACCEPTD...)."""
+        return self.stat not in INTERMEDIATE_STATS
 
     @property
     def outbound_status(self) -> str | None:
-        """The outbound_message status this receipt leads to, or None when it is not final."""
-        return _OUTBOUND_STATUS.get(self.stat)
+        """The outbound_message status this receipt leads to, or None when it is not final.
+
+        A final stat that is not one of the SMPP states (``FAILED``, ``ERROR``, a vendor message_state)
+        leads to 'undeliverable': the message did not arrive as far as anyone can tell, and the stat
+        goes to ``reason`` for people to read.
+        """
+        if self.stat in INTERMEDIATE_STATS:
+            return None
+        return _OUTBOUND_STATUS.get(self.stat, "undeliverable")
 
 
 def _decode_text(data: bytes) -> str:
@@ -121,9 +154,23 @@ def _decode_text(data: bytes) -> str:
     if len(data) >= 4 and len(data) % 2 == 0 and data[0] == 0 and data[1] != 0:
         high = data[0::2]
         if high.count(0) * 2 >= len(high):
-            return data.decode("utf-16-be", "replace").rstrip("\x00")
+            return _no_nul(data.decode("utf-16-be", "replace").rstrip("\x00"))
     # Latin-1 maps every octet, so nothing here can raise; NUL padding is dropped.
-    return data.decode("latin-1").rstrip("\x00")
+    return _no_nul(data.decode("latin-1").rstrip("\x00"))
+
+
+def _no_nul(text: str) -> str:
+    # A NUL inside a value (an id, a stat) cannot go into a Postgres text column: make it visible instead.
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+
+
+def _is_ascii_digits(value: str) -> bool:
+    # str.isdigit() is also true for '²' and '١', which int() then refuses or reads as another number.
+    return value.isascii() and value.isdigit()
+
+
+def _is_ascii_hex(value: str) -> bool:
+    return bool(value) and value.isascii() and all(char in "0123456789abcdefABCDEF" for char in value)
 
 
 def _field(head: str, name: str) -> str | None:
@@ -135,9 +182,22 @@ def _field(head: str, name: str) -> str | None:
 
 
 def _parse_int(value: str | None) -> int | None:
-    if value is None or _DIGITS_RE.fullmatch(value) is None:
+    # _DIGITS_RE is ASCII-only; the length cap keeps int() away from its 4300-digit limit.
+    if value is None or len(value) > 18 or _DIGITS_RE.fullmatch(value) is None:
         return None
     return int(value)
+
+
+def error_code(err: str | None) -> int | None:
+    """The ``err:`` value as a number for the bigint error_code column, or None.
+
+    Only ASCII digits count (``err:²`` is not a code) and only values up to 32-bit unsigned (what SMPP
+    error fields hold); anything else is None and stays readable in the row's ``reason``.
+    """
+    if err is None or not _is_ascii_digits(err) or len(err) > 20:
+        return None
+    value = int(err)
+    return value if value <= _MAX_ERROR_CODE else None
 
 
 def _parse_date(value: str | None) -> datetime | None:
@@ -158,8 +218,13 @@ def _parse_date(value: str | None) -> datetime | None:
 
 
 def _normalise_stat(value: str) -> str:
-    stat = value.upper()
+    stat = value.upper()[:_MAX_WORD]
     return _STAT_ALIASES.get(stat, stat)
+
+
+def stat_label(stat: str) -> str:
+    """The metric label for a receipt stat: one of `STAT_LABELS`, else ``other`` (SMSC words are unbounded)."""
+    return stat if stat in STAT_LABELS else "other"
 
 
 def parse_receipt(
@@ -184,38 +249,38 @@ def parse_receipt(
     else:
         head, text = decoded[: text_match.start()], decoded[text_match.end() :]
 
-    tlv_id = receipted_message_id.strip().strip("\x00").strip() if receipted_message_id else ""
-    message_id = tlv_id or _field(head, "id")
+    tlv_id = _no_nul(receipted_message_id.strip().strip("\x00").strip()) if receipted_message_id else ""
+    message_id = (tlv_id or _field(head, "id") or "")[:_MAX_ID]
     if not message_id:
         raise ReceiptParseError(
             f"delivery receipt has no message id (no receipted_message_id TLV, no id: in {decoded[:160]!r})"
         )
 
+    # A message_state TLV of SMPP 3.4 (1-8) wins over the text. Outside 1-8 the text's stat: is the better
+    # witness; without one, 0 and 9 take their SMPP 5.0 names (SCHEDULED is intermediate, SKIPPED final)
+    # and a vendor value becomes STATE_<n>, a final stat like any unknown word: undeliverable, with reason.
     text_stat = _field(head, "stat")
-    stat: str | None
+    stat: str
     if message_state in MESSAGE_STATES:
         stat = MESSAGE_STATES[message_state]
     elif text_stat is not None:
         stat = _normalise_stat(text_stat)
+    elif message_state is not None:
+        # message_state is an Int1: a longer TLV is garbage, and its number could be thousands of digits long.
+        stat = _SMPP50_STATES.get(message_state, f"STATE_{message_state}" if message_state <= 0xFF else "STATE_INVALID")
     else:
-        stat = None
-    if stat is None:
-        detail = (
-            f"message_state TLV {message_state} is not an SMPP 3.4 state"
-            if message_state is not None
-            else "no message_state TLV"
-        )
         raise ReceiptParseError(
-            f"delivery receipt for {message_id!r} has no state ({detail}, no stat: in {decoded[:160]!r})"
+            f"delivery receipt for {message_id!r} has no state (no message_state TLV, no stat: in {decoded[:160]!r})"
         )
     if message_state is None:
         message_state = STAT_TO_STATE.get(stat)
+    err = _field(head, "err")
 
     return Receipt(
         message_id=message_id,
         stat=stat,
         message_state=message_state,
-        err=_field(head, "err"),
+        err=err[:_MAX_WORD] if err is not None else None,
         submitted=_parse_int(_field(head, "sub")),
         delivered=_parse_int(_field(head, "dlvrd")),
         submit_date=_parse_date(_field(head, "submit_date")),
@@ -224,29 +289,80 @@ def parse_receipt(
     )
 
 
+# Longest id read as a number: 32 hex digits is 128 bits, more than any SMSC counter; it also keeps
+# int() far from its 4300-digit limit (which raises ValueError).
+_MAX_NUMERIC_ID: Final = 32
+
+# Which receipt candidate key matched (index into `receipt_keys`), named for the metric and the log.
+ID_MAPPINGS: Final = ("exact", "hex_to_decimal", "decimal_to_hex")
+
+
+def canonical_msgid(message_id: str) -> str:
+    """The key stored for an id in ``auto`` mode: the id as written, stripped, in one spelling.
+
+    An id made only of hex digits (decimal ids included) is upper-cased and loses its leading zeros,
+    so ``00ab12``, ``AB12`` and ``ab12`` meet, and so do ``0000012345`` and ``12345`` (zero-padded
+    decimal receipts, jsmpp #178). The trade-off: an SMSC whose opaque ids differ only in case or in
+    leading zeros would see two of its ids share a key; real ids are counters or hashes, and receipts
+    match only messages submitted within the receipt timeout, so that risk is accepted. Other ids
+    (with ``-``, letters past F...) are kept exactly as written.
+    """
+    raw = message_id.strip().replace("\x00", "")
+    if _is_ascii_hex(raw):
+        return raw.lstrip("0").upper() or "0"
+    return raw
+
+
+def receipt_keys(message_id: str, fmt: str) -> tuple[str, str | None, str | None]:
+    """The keys under which a receipt's id may have been stored at submit_sm_resp, best first.
+
+    In ``auto`` mode: (the id as written, canonical; if it is all decimal digits, the hex spelling of
+    that number; if it is all hex digits, its decimal value), each in `canonical_msgid` form, None
+    where not applicable or equal to an earlier key. Index i of the key that matched is the mapping
+    ``ID_MAPPINGS[i]``: 1 = the SMSC writes hex in submit_sm_resp and decimal in receipts, 2 = the
+    reverse. With an explicit format there is one key, `msgid_key` (today's behaviour).
+
+    Raises:
+        ValueError: ``fmt`` is not 'auto', 'string', 'decimal' or 'hex'.
+    """
+    if fmt != "auto":
+        return msgid_key(message_id, fmt), None, None
+    exact = canonical_msgid(message_id)
+    if len(exact) > _MAX_NUMERIC_ID:
+        return exact, None, None
+    as_hex = f"{int(exact, 10):X}" if _is_ascii_digits(exact) else None
+    as_decimal = str(int(exact, 16)) if _is_ascii_hex(exact) else None
+    if as_hex == exact:
+        as_hex = None
+    if as_decimal in (exact, as_hex):
+        as_decimal = None
+    return exact, as_hex, as_decimal
+
+
 def msgid_key(message_id: str, fmt: str) -> str:
     """Return the key that correlates a submit_sm_resp message id with a receipt's id.
 
-    ``fmt`` says how this side writes its ids: ``'string'`` keeps the stripped id; ``'decimal'``
-    gives ``str(int(id, 10))`` (zero padding vanishes); ``'hex'`` gives ``str(int(id, 16))``, so
-    hex ``04000000086ECD50`` and decimal ``288230376293190992`` meet on the same key. An id that is
-    not a plain number in that base (no sign, prefix, underscore or inner blank) falls back to the
-    stripped string.
+    ``fmt`` says how this side writes its ids: ``'auto'`` (the default) gives `canonical_msgid`, and
+    receipts try the other base through `receipt_keys`; ``'string'`` keeps the stripped id;
+    ``'decimal'`` gives ``str(int(id, 10))`` (zero padding vanishes); ``'hex'`` gives
+    ``str(int(id, 16))``, so hex ``04000000086ECD50`` and decimal ``288230376293190992`` meet on the
+    same key. An id that is not a plain number in that base (no sign, prefix, underscore or inner
+    blank, at most 32 digits) falls back to the stripped string.
 
     Raises:
-        ValueError: ``fmt`` is not one of 'string', 'decimal', 'hex' (a configuration error).
+        ValueError: ``fmt`` is not one of 'auto', 'string', 'decimal', 'hex' (a configuration error).
     """
+    if fmt == "auto":
+        return canonical_msgid(message_id)
     raw = message_id.strip()
     if fmt == "string":
         return raw
     if fmt == "decimal":
         # int() alone would also accept "+1", "1_0" and non-ASCII digits: insist on ASCII digits.
-        return str(int(raw, 10)) if raw.isascii() and raw.isdigit() else raw
+        return str(int(raw, 10)) if _is_ascii_digits(raw) and len(raw) <= _MAX_NUMERIC_ID else raw
     if fmt == "hex":
-        if raw and raw.isascii() and all(char in "0123456789abcdefABCDEF" for char in raw):
-            return str(int(raw, 16))
-        return raw
-    raise ValueError(f"unknown message id format {fmt!r}: expected 'string', 'decimal' or 'hex'")
+        return str(int(raw, 16)) if _is_ascii_hex(raw) and len(raw) <= _MAX_NUMERIC_ID else raw
+    raise ValueError(f"unknown message id format {fmt!r}: expected 'auto', 'string', 'decimal' or 'hex'")
 
 
 def _format_date(value: datetime | None) -> str:

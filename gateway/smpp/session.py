@@ -4,7 +4,8 @@ Rule of this module: it never reads a clock and never touches a socket. Bytes go
 `receive_data(data, now)`, events come out as a list; requests go out through `send_request(pdu, now)`
 and the bytes to write accumulate in `data_to_send()`. Timers (response timeouts, bind timeout,
 enquire_link keep-alive) are driven by `handle_timer(now)` at `next_deadline()`. The asyncio layer
-in `client.py` owns the socket and the clock.
+in `client.py` owns the socket and the clock. While the caller has paused reading (`pause_timers`), no timer
+runs: an unread response is not a late one, and resuming shifts every deadline by the time spent paused.
 """
 
 from __future__ import annotations
@@ -107,6 +108,17 @@ class RequestTimedOut(Event):
 
 
 @dataclass(frozen=True, slots=True)
+class RequestOverdue(Event):
+    """No response within the response timeout: the window slot is free again, but the sequence number is kept
+    for `late_grace` seconds. A response within the grace arrives as `ResponseReceived` with this context (the
+    SMSC did take the request: record it, do not send it again); after the grace comes `RequestTimedOut`."""
+
+    request_command_id: int
+    sequence_number: int
+    context: Any
+
+
+@dataclass(frozen=True, slots=True)
 class RequestReceived(Event):
     """deliver_sm / data_sm from the SMSC. The caller answers with `send_response` when it is safe."""
 
@@ -146,11 +158,15 @@ class Session:
         *,
         window: int = 10,
         response_timeout: float = 30.0,
+        late_grace: float | None = None,
         bind_timeout: float = 10.0,
         enquire_link_interval: float = 30.0,
     ) -> None:
         self.window = window
         self.response_timeout = response_timeout
+        # A submit_sm_resp may come after its timeout on a link that is fine (a slow SMSC): keep its sequence
+        # number this long more (default: one more response_timeout) so the answer is used, not thrown away.
+        self.late_grace = response_timeout if late_grace is None else late_grace
         self.bind_timeout = bind_timeout
         self.enquire_link_interval = enquire_link_interval
         self.state = State.OPEN
@@ -159,10 +175,14 @@ class Session:
         self._next_seq = 1
         # Insertion order == deadline order for one timeout value, so the oldest pending request is first.
         self._pending: dict[int, _Pending] = {}
+        # Windowed requests past their response timeout, within the grace (deadline = end of the grace); their
+        # window slot is already free. Insertion order == deadline order here too.
+        self._late: dict[int, _Pending] = {}
         self._windowed = 0
         self._last_received = 0.0
         self._enquire_seq: int | None = None
         self._bind_seq: int | None = None
+        self._paused_at: float | None = None
 
     # -- properties ----------------------------------------------------------------------------------
 
@@ -180,8 +200,35 @@ class Session:
         return self._windowed
 
     @property
+    def awaiting(self) -> int:
+        """Windowed requests whose outcome is still open: in the window, or late within the grace."""
+        return self._windowed + len(self._late)
+
+    @property
     def window_free(self) -> int:
         return max(0, self.window - self._windowed) if self.can_transmit else 0
+
+    @property
+    def timers_paused(self) -> bool:
+        return self._paused_at is not None
+
+    def pause_timers(self, now: float) -> None:
+        """Reading is paused by the caller: responses sit unread in the socket, so neither response timeouts
+        nor the enquire_link keep-alive may run until `resume_timers`."""
+        if self._paused_at is None:
+            self._paused_at = now
+
+    def resume_timers(self, now: float) -> None:
+        """Reading resumes: every pending deadline moves by the time spent paused, the keep-alive restarts."""
+        if self._paused_at is None:
+            return
+        shift = max(0.0, now - self._paused_at)
+        self._paused_at = None
+        for p in self._pending.values():  # the same shift for all keeps the insertion == deadline order
+            p.deadline += shift
+        for p in self._late.values():
+            p.deadline += shift
+        self._last_received += shift  # the quiet time we caused is not the link's
 
     def data_to_send(self) -> bytes:
         """Bytes queued for the socket since the last call."""
@@ -194,7 +241,7 @@ class Session:
     def _sequence(self) -> int:
         seq = self._next_seq
         self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
-        while seq in self._pending:  # only after a wrap with a very old request still pending
+        while seq in self._pending or seq in self._late:  # only after a wrap with a very old request pending
             seq = self._next_seq
             self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
         return seq
@@ -255,8 +302,10 @@ class Session:
         self.state = State.UNBINDING
 
     def connection_lost(self) -> list[Event]:
-        """The socket is gone: every pending request times out now, in order."""
-        events: list[Event] = [
+        """The socket is gone: every pending request times out now, in order (late ones first: older)."""
+        events: list[Event] = [RequestTimedOut(p.command_id, seq, p.context) for seq, p in self._late.items()]
+        self._late.clear()
+        events += [
             RequestTimedOut(p.command_id, seq, p.context)
             for seq, p in self._pending.items()
             if p.command_id in _WINDOWED
@@ -351,6 +400,13 @@ class Session:
         seq = pdu.sequence_number
         pending = self._pending.pop(seq, None)
         if pending is None:
+            late = self._late.pop(seq, None)
+            if late is not None:  # after its timeout, within the grace: the SMSC has it; its slot is free already
+                if not (isinstance(pdu, GenericNack) or pdu.command_id == late.command_id | 0x80000000):
+                    events.append(ProtocolViolation(
+                        f"response 0x{pdu.command_id:08X} to request 0x{late.command_id:08X} seq {seq}", fatal=False))
+                events.append(ResponseReceived(late.command_id, pdu, late.context))
+                return
             events.append(ProtocolViolation(f"response 0x{pdu.command_id:08X} seq {seq} matches no request",
                                             fatal=False))
             return
@@ -384,7 +440,7 @@ class Session:
 
     def next_deadline(self) -> float | None:
         """When `handle_timer` must next run, or None when nothing is armed."""
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self._paused_at is not None:
             return None
         deadline: float | None = None
         if self._pending:
@@ -392,6 +448,9 @@ class Session:
             if self._enquire_seq is not None or self._bind_seq is not None:
                 # Those use other timeouts than submits: look at every pending entry only then (rare).
                 deadline = min(p.deadline for p in self._pending.values())
+        if self._late:
+            late = next(iter(self._late.values())).deadline
+            deadline = late if deadline is None else min(deadline, late)
         if self.is_bound and self._enquire_seq is None:
             keepalive = self._last_received + self.enquire_link_interval
             deadline = keepalive if deadline is None else min(deadline, keepalive)
@@ -400,7 +459,7 @@ class Session:
     def handle_timer(self, now: float) -> list[Event]:
         """Expire timed-out requests and send enquire_link when the link has been quiet."""
         events: list[Event] = []
-        if self.state is State.CLOSED:
+        if self.state is State.CLOSED or self._paused_at is not None:
             return events
         expired: list[int] = []
         for seq, p in self._pending.items():
@@ -428,6 +487,16 @@ class Session:
                 return events
             if p.command_id in _WINDOWED:
                 self._windowed -= 1
+                if self.late_grace > 0:
+                    # Free the slot now (the window must move on), but keep listening for the answer.
+                    p.deadline += self.late_grace
+                    self._late[seq] = p
+                    events.append(RequestOverdue(p.command_id, seq, p.context))
+                    continue
+            events.append(RequestTimedOut(p.command_id, seq, p.context))
+        over = [seq for seq, p in self._late.items() if p.deadline <= now]
+        for seq in over:
+            p = self._late.pop(seq)
             events.append(RequestTimedOut(p.command_id, seq, p.context))
         if (
             self.is_bound
