@@ -82,7 +82,8 @@ class InboundHandler:
         )
 
     def _receipt(self, pdu: DeliverSm | DataSm, payload: bytes, ack: Callable[[], None]) -> None:
-        """A receipt to its row (or parked); one that cannot be read is stored raw, never dropped or left unanswered."""
+        """A final receipt to its row (or parked with all its candidate keys); an intermediate one is answered at
+        once; one without an id or a state is stored raw. Never dropped, never left unanswered."""
         try:
             receipt = parse_receipt(
                 payload,
@@ -91,11 +92,8 @@ class InboundHandler:
             )
             keys = receipt_keys(receipt.message_id, self.smsc.receipt_id_format)
         except ReceiptParseError as exc:
+            # Anything else raised here (a parser bug) is quarantined with its error by __call__.
             log.warning("unparseable receipt stored raw", extra={"smsc": self.smsc_name, "error": str(exc)})
-            self._store_inbound(pdu, payload, ack)
-            return
-        except Exception:  # a parser bug must not lose the receipt, nor leave the SMSC re-sending it forever
-            log.exception("receipt handling failed; stored raw", extra={"smsc": self.smsc_name})
             self._store_inbound(pdu, payload, ack)
             return
         metrics.RECEIPTS.labels(self.smsc_name, stat_label(receipt.stat)).inc()

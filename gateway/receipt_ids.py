@@ -92,7 +92,7 @@ def observe_parked(rows: Iterable[Mapping[str, object]], match_window: float, no
                 extra={
                     "smsc": smsc,
                     "parked": parked,
-                    "unmatched_for_s": match_window,
+                    "match_window_s": match_window,
                     "stale": stale,
                     "mapping": _detected.get(smsc),
                 },

@@ -399,8 +399,10 @@ class ResultWriter:
         size = len(self._batch)
         if size >= self._max_rows:
             self._wake.set()
-        if size + self._writing > self.flow.high and not self.flow.paused:
-            self.flow.update(size + self._writing)
+        level = size + self._writing
+        metrics.WRITER_PENDING.set(level)  # here too: during a stall the flush loop does not come round
+        if level > self.flow.high and not self.flow.paused:
+            self.flow.update(level)
 
     @property
     def pending(self) -> int:

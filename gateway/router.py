@@ -135,10 +135,14 @@ class Router:
         self, limit: int, blocked: list[tuple[str, str | None, str | None]]
     ) -> list[tuple[str, asyncpg.Record]]:
         token = f"{self.settings.instance}:{next(self._tokens)}"
-        prefixes, sources, classes = ([list(col) for col in zip(*blocked, strict=True)] if blocked else ([], [], []))
-        rows = await self.pool.fetch(
-            sql.CLAIM, token, self.settings.lease_seconds, limit, prefixes, sources, classes, timeout=30
-        )
+        if blocked:
+            prefixes, sources, classes = (list(col) for col in zip(*blocked, strict=True))
+            rows = await self.pool.fetch(
+                sql.CLAIM_EXCLUDING, token, self.settings.lease_seconds, limit, prefixes, sources, classes,
+                timeout=30,
+            )
+        else:
+            rows = await self.pool.fetch(sql.CLAIM, token, self.settings.lease_seconds, limit, timeout=30)
         return [(token, r) for r in rows]
 
     def blocked_rules(self) -> list[tuple[str, str | None, str | None]]:

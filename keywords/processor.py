@@ -58,11 +58,12 @@ MO_QUARANTINED = Counter("smsgw_mo_quarantined", "MOs Postgres refused, kept in 
 DUPLICATE: Final = "duplicate"
 # What smsgw_msisdn (migration 0002) accepts; a sender Python reads as a number but SQL refuses is invalid.
 _SQL_MSISDN: Final = re.compile(r"[1-9][0-9]{6,14}")
-# Errors that say nothing about the MOs: the whole batch is tried again later, its parts still stored.
+# Errors that say nothing about the MOs: the whole batch is tried again later, its parts still stored. Not
+# asyncpg.InterfaceError: its DataError subclass is a value that cannot be encoded, i.e. about one MO; a closed
+# link is caught by `conn.is_closed()` instead.
 _TRANSIENT: Final = (
     OSError,
     TimeoutError,
-    asyncpg.InterfaceError,
     asyncpg.PostgresConnectionError,
     asyncpg.TransactionRollbackError,
     asyncpg.OperatorInterventionError,

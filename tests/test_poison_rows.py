@@ -139,3 +139,29 @@ def test_expiry_far_ahead_has_no_validity_period_rather_than_a_wrapped_year() ->
 
     assert validity_period(datetime(2031, 2, 3, 4, 5, 6, tzinfo=UTC)) == "310203040506000+"
     assert validity_period(datetime(2300, 1, 1, tzinfo=UTC)) == ""
+
+
+async def test_row_whose_consent_lookup_postgres_refuses_is_isolated(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch lookup fails on one row's values (a data error): rows are looked up one by one, and only the
+    offending row is rejected, with Postgres' error as its detail."""
+    from gateway import admission
+
+    real_fetch = admission.Admission._consent_fetch
+
+    async def fetch(self, items):  # type: ignore[no-untyped-def]
+        if any(it.msg.body == "consent-boom" for it in items):
+            raise asyncpg.InvalidParameterValueError("invalid E.164 number")
+        return await real_fetch(self, items)
+
+    monkeypatch.setattr(admission.Admission, "_consent_fetch", fetch)
+    await enqueue(db_pool, 20)
+    bad = await db_pool.fetchval(INSERT, "12345", "+12025550099", "consent-boom", None, "transactional", "{}")
+    await enqueue(db_pool, 20, start=50)
+    async with running_gateway(settings_for(db_dsn, sim)):
+        c = await wait_final(db_pool, timeout=20)
+    assert c == {"delivered": 40, "rejected": 1}
+    row = await db_pool.fetchrow("SELECT status, reason, detail FROM outbound_message WHERE id = $1", bad)
+    assert dict(row) == {"status": "rejected", "reason": "invalid_row",
+                         "detail": "InvalidParameterValueError: invalid E.164 number"}

@@ -8,21 +8,13 @@ per statement; no transaction is held open between statements.
 from __future__ import annotations
 
 # $1 claim token, $2 lease seconds, $3 limit. The router picks the SMSC afterwards; marks and settles record it.
-# $4-$6 (prefix, source or NULL, message_class or NULL): rows the router knows belong to an SMSC whose buffer is
-# full (an E.164 destination '+<prefix>...' of a prefix route, see Router.blocked_rules); they stay queued
-# instead of being claimed and handed back. Empty arrays: no filter.
-CLAIM = """
+_CLAIM = """
 UPDATE outbound_message m
 SET status = 'claimed', claimed_by = $1, claimed_until = now() + make_interval(secs => $2),
     attempts = m.attempts + 1, updated_at = now()
 WHERE m.id IN (
     SELECT id FROM outbound_message
-    WHERE status = 'queued' AND send_after <= now()
-      AND NOT EXISTS (
-          SELECT 1 FROM unnest($4::text[], $5::text[], $6::text[]) AS b(prefix, source, message_class)
-          WHERE outbound_message.destination LIKE '+' || b.prefix || '%'
-            AND (b.source IS NULL OR btrim(outbound_message.source) = b.source)
-            AND (b.message_class IS NULL OR outbound_message.message_class = b.message_class))
+    WHERE status = 'queued' AND send_after <= now(){excluding}
     ORDER BY priority DESC, send_after, id
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -39,6 +31,16 @@ RETURNING m.id, m.source, m.destination, m.body, m.priority, m.message_class,
               AS created_at,
           m.list_name, m.is_opt_out_confirmation, m.inbound_message_id
 """
+CLAIM = _CLAIM.format(excluding="")
+# The same, leaving queued the rows the router knows belong to an SMSC whose buffer is full: $4-$6 (prefix,
+# source or NULL, message_class or NULL), an E.164 destination '+<prefix>...' of a prefix route (see
+# Router.blocked_rules). Only used while some SMSC is full, so the usual claim pays nothing for it.
+CLAIM_EXCLUDING = _CLAIM.format(excluding="""
+      AND NOT EXISTS (
+          SELECT 1 FROM unnest($4::text[], $5::text[], $6::text[]) AS b(prefix, source, message_class)
+          WHERE outbound_message.destination LIKE '+' || b.prefix || '%'
+            AND (b.source IS NULL OR btrim(outbound_message.source) = b.source)
+            AND (b.message_class IS NULL OR outbound_message.message_class = b.message_class))""")
 
 # $1 ids, $2 their claim tokens, $3 lease seconds. Rows still held by a dispatcher (buffered, being sent, awaiting
 # their response) keep their claim; a row no longer claimed with that token is not returned (it is not ours).
