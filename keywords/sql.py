@@ -1,5 +1,6 @@
-"""SQL of MO handling and consent, in one place. The consent functions themselves live in migration 0002
-(`smsgw_opt_in`, `smsgw_opt_out`, `smsgw_leave_list`, `smsgw_broadcast`) so other services call the same code."""
+"""SQL of MO handling and consent, in one place. The consent functions themselves live in migrations 0002 and 0005
+(`smsgw_opt_in`, `smsgw_opt_out`, `smsgw_leave_list`, `smsgw_broadcast`, `smsgw_short_code`) so other services
+call the same code."""
 
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ SELECT t.i,
        EXISTS (SELECT 1 FROM subscription s
                WHERE s.short_code = t.short_code AND s.list_name = t.list_name AND s.msisdn = t.msisdn
                  AND s.status = 'active') AS subscribed,
-       EXISTS (SELECT 1 FROM inbound_message im
+       t.inbound_message_id IS NOT NULL AND EXISTS (SELECT 1 FROM inbound_message im
                WHERE im.id = t.inbound_message_id AND im.intent IN ('help', 'opt_out')
                  AND im.msisdn = t.msisdn AND smsgw_short_code(im.short_code) = t.short_code
                  AND im.received_at > now() - interval '1 day') AS exempt

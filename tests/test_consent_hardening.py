@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -18,6 +19,7 @@ import pytest_asyncio
 from gw import running_gateway, wait_final
 from pg import listening
 
+from gateway.message import ClaimedMessage, consent_refusal
 from gateway.settings import InboundSettings, Settings, load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 from keywords.address import mo_sender
@@ -61,6 +63,37 @@ HELP_REPLY = (
 )
 def test_mo_sender_reads_the_type_of_number(addr: str, ton: int, stored: str) -> None:
     assert mo_sender(addr, ton) == stored
+
+
+# -- the send-time rule (pure) -------------------------------------------------------------------------------
+
+
+def _claimed(**kw: Any) -> ClaimedMessage:
+    row: dict[str, Any] = {
+        "id": 1, "source": SC, "destination": "+15550000001", "body": "x", "priority": 0,
+        "message_class": "transactional", "expires_at": None, "attempts": 1, "created_at": datetime.now(UTC),
+    }
+    return ClaimedMessage(**(row | kw))
+
+
+@pytest.mark.parametrize(
+    ("row", "opted_out", "subscribed", "exempt", "refusal"),
+    [
+        ({}, False, False, False, None),
+        ({}, True, False, False, "opted_out"),
+        ({"is_opt_out_confirmation": True}, True, False, False, "opted_out"),  # the producer's flag counts for nothing
+        ({"inbound_message_id": 7}, True, False, False, "opted_out"),  # a link the lookup did not confirm
+        ({"inbound_message_id": 7}, True, False, True, None),  # a reply to this number's HELP / STOP
+        ({"message_class": "marketing"}, False, False, False, "not_subscribed"),
+        ({"message_class": "marketing"}, False, True, False, None),
+        ({"message_class": "marketing", "inbound_message_id": 7}, True, False, True, "not_subscribed"),
+    ],
+)
+def test_consent_refusal(
+    row: dict[str, Any], opted_out: bool, subscribed: bool, exempt: bool, refusal: str | None
+) -> None:
+    result = consent_refusal(_claimed(**row), opted_out=opted_out, subscribed=subscribed, exempt=exempt)
+    assert (result.reason if result else None) == refusal
 
 
 # -- the processor, fed directly -----------------------------------------------------------------------------
