@@ -46,6 +46,7 @@ class Gateway:
         self._tasks: list[asyncio.Task[Any]] = []
         self._metrics_server: Any = None
         self.consent_watch: ConsentWatch | None = None
+        self._listener_ready = asyncio.Event()
 
     async def start(self, *, apply_migrations: bool = True) -> None:
         """Connect, migrate, bind and start dispatching.
@@ -89,10 +90,15 @@ class Gateway:
             for name, smsc in s.smsc.items()
         ]
         self.router = Router(self.dispatchers, s.route, d, self.pool, self.writer)
+        # The consent watch is down until the listener is connected (rows admitted before would be handed back).
+        self._tasks.append(asyncio.create_task(self._listen(dsn), name="notify-listener"))
+        try:
+            await asyncio.wait_for(self._listener_ready.wait(), 10)
+        except TimeoutError:
+            log.warning("notify listener not connected yet; rows wait in the queue until it is")
         for disp in self.dispatchers:
             disp.start()
         self.router.start()
-        self._tasks.append(asyncio.create_task(self._listen(dsn), name="notify-listener"))
         upkeep = maintenance.run_forever(self.pool, d, self.dispatchers)
         self._tasks.append(asyncio.create_task(upkeep, name="maintenance"))
         if s.metrics.enabled:
@@ -115,7 +121,8 @@ class Gateway:
                 await conn.add_listener(CONSENT_CHANNEL, self._on_consent)
                 if self.consent_watch is not None:
                     # Changes made while no listener was connected were not announced to us.
-                    self.consent_watch.note_gap(asyncio.get_running_loop().time())
+                    self.consent_watch.listener_up(asyncio.get_running_loop().time())
+                self._listener_ready.set()
                 backoff = 0.5
                 if self.router is not None:
                     self.router.wake()
@@ -129,7 +136,7 @@ class Gateway:
             except Exception as exc:  # reconnect whatever broke; the claimers poll meanwhile
                 log.warning("notify listener lost", extra={"error": f"{type(exc).__name__}: {exc}", "retry_s": backoff})
                 if self.consent_watch is not None:  # announcements may be missed from here on
-                    self.consent_watch.note_gap(asyncio.get_running_loop().time())
+                    self.consent_watch.listener_down(asyncio.get_running_loop().time())
             finally:
                 if conn is not None and not conn.is_closed():
                     await conn.close(timeout=5)

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 # Scheduler lag the pacing buckets forgive (see throughput.token_bucket): keeps 1-second counts exact at
 # high rates; at most a few extra sends back to back after a late wake-up.
 PACING_CATCH_UP = 0.01
+# While the consent listener is disconnected, rows go back to the queue for this long before the next try.
+_CONSENT_DOWN_WAIT_S = 1.0
 
 
 class BindWorker:
@@ -362,7 +364,8 @@ class SmscDispatcher:
         log.info("consent changed while buffered; row goes back for a new lookup",
                  extra={"row": item.msg.id, "smsc": self.name})
         if item.group is None or (item.group.untouched and len(item.parts) == item.group.total):
-            self._give_back(item, Reason.CONSENT_CHANGED)
+            # Listener down: the row waits in the queue (not a hot claim loop) until changes can be seen again.
+            self._give_back(item, Reason.CONSENT_CHANGED, delay=_CONSENT_DOWN_WAIT_S if watch.down else 0.0)
         else:  # parts already went: the rest is not sent, the message is settled when the others answer
             for seq, _ in item.parts:
                 self.part_failed(item, seq, Outcome(Action.RETRY, reason=Reason.CONSENT_CHANGED, immediate=True),
@@ -375,9 +378,9 @@ class SmscDispatcher:
         self.buffer.release(item)
         self.writer.settle(item.msg.id, item.token, status, **kwargs)  # type: ignore[arg-type]
 
-    def _give_back(self, item: Item, reason: str) -> None:
-        """Back to the queue at once, the attempt not counted: the row was not sent."""
-        self._settle(item, Status.QUEUED, reason=reason, attempts_delta=-1)
+    def _give_back(self, item: Item, reason: str, delay: float = 0.0) -> None:
+        """Back to the queue (at once by default), the attempt not counted: the row was not sent."""
+        self._settle(item, Status.QUEUED, reason=reason, attempts_delta=-1, delay=delay)
 
     # -- responses -----------------------------------------------------------------------------------
 

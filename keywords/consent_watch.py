@@ -5,7 +5,8 @@ STOP committed after that must still stop every row not yet sent. Rather than a 
 (millions of rows), this keeps only the (short code, number) pairs announced on `NOTIFY smsgw_consent` in the
 last `keep_seconds`, so the check just before submit_sm is one set lookup. A row whose pair changed after it
 was admitted goes back to the queue and is admitted again (with a fresh consent lookup). While the listener
-is disconnected notifications are lost, so a reconnect counts as "everything may have changed".
+is disconnected notifications are lost: every row must be looked up again (`down`), and a reconnect counts as
+"everything may have changed". The watch starts down: nothing is sent before the listener is connected.
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ class ConsentWatch:
         self.keep_seconds = keep_seconds
         self._changed: dict[tuple[str, str], float] = {}
         self._gap_at = float("-inf")  # last time notifications may have been lost
+        self.down = True  # no listener connected (yet): announcements cannot reach us
+
+    def listener_up(self, now: float) -> None:
+        """The listener is connected: changes made while it was not were never announced."""
+        self.down = False
+        self.note_gap(now)
+
+    def listener_down(self, now: float) -> None:
+        """The listener lost its connection: from now on until `listener_up`, every row is re-checked."""
+        self.down = True
+        self.note_gap(now)
 
     def note_change(self, short_code: str, msisdn: str, now: float) -> None:
         self._changed[(short_code_key(short_code), msisdn.lstrip("+"))] = now
@@ -52,7 +64,7 @@ class ConsentWatch:
 
     def must_recheck(self, short_code: str, msisdn: str, admitted_at: float) -> bool:
         """True when the pair's consent may have changed since the row was admitted at `admitted_at`."""
-        if self._gap_at >= admitted_at:
+        if self.down or self._gap_at >= admitted_at:
             return True
         changed = self._changed.get((short_code_key(short_code), msisdn.lstrip("+")))
         return changed is not None and changed >= admitted_at

@@ -37,9 +37,9 @@ async def test_stop_while_marketing_rows_are_buffered_stops_every_one_of_them(
             given_back: list[str] = []
             real_give_back = disp._give_back
 
-            def spy(item, reason):  # type: ignore[no-untyped-def]
+            def spy(item, reason, **kwargs):  # type: ignore[no-untyped-def]
                 given_back.append(reason)
-                real_give_back(item, reason)
+                real_give_back(item, reason, **kwargs)
 
             disp._give_back = spy  # type: ignore[method-assign]
             # Let the listener's start-up gap pass, and a few rows go out (4/s); the rest wait in the buffer.
@@ -61,6 +61,7 @@ async def test_stop_while_marketing_rows_are_buffered_stops_every_one_of_them(
 
 def test_watch_fed_by_hand_makes_rows_admitted_before_the_change_recheck() -> None:
     watch = ConsentWatch(keep_seconds=60)
+    watch.listener_up(0.0)
     watch.on_notify('{"short_code": "12345", "msisdn": "12025550100"}', now=10.0)
     assert watch.must_recheck("+12345", "12025550100", admitted_at=9.0)
     assert not watch.must_recheck("12345", "12025550100", admitted_at=11.0)  # admitted after: looked up fresh

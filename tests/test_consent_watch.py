@@ -55,6 +55,11 @@ CASES = [
     ("payload null is a gap", [("notify", "null", 11.0)], ("1", "2", 10.0), True),
     ("old gap, new change elsewhere", [("gap", None, 5.0), ("notify", _payload(msisdn="1"), 11.0)],
      (SC, NUMBER, 10.0), False),
+    ("listener down: every row rechecked", [("down", None, 5.0)], (SC, "1", 10.0), True),
+    ("listener back up: rows admitted after are fine", [("down", None, 5.0), ("up", None, 8.0)], (SC, "1", 10.0),
+     False),
+    ("listener back up: rows admitted while down are rechecked", [("down", None, 5.0), ("up", None, 8.0)],
+     (SC, "1", 6.0), True),
     ("pruned change is forgotten", [("notify", _payload(), 0.0), ("prune", None, 61.0)], (SC, NUMBER, -1.0), False),
     ("unpruned change is kept", [("notify", _payload(), 0.0), ("prune", None, 59.0)], (SC, NUMBER, -1.0), True),
     ("a later change survives the prune", [("notify", _payload(), 0.0), ("notify", _payload(), 30.0),
@@ -67,12 +72,17 @@ def test_must_recheck(
     events: list[tuple[str, str | None, float]], question: tuple[str, str, float], expected: bool
 ) -> None:
     watch = ConsentWatch(keep_seconds=60)
+    watch.listener_up(-100.0)  # connected long before every event of the table
     for kind, argument, now in events:
         if kind == "notify":
             assert argument is not None
             watch.on_notify(argument, now)
         elif kind == "gap":
             watch.note_gap(now)
+        elif kind == "down":
+            watch.listener_down(now)
+        elif kind == "up":
+            watch.listener_up(now)
         else:
             watch.prune(now)
     assert watch.must_recheck(*question) is expected
@@ -85,3 +95,10 @@ def test_prune_bounds_memory() -> None:
     assert len(watch) == 1000
     watch.prune(1000.0)
     assert len(watch) == 60  # only the changes at 940..999 are within 60 s of t=1000
+
+
+def test_watch_starts_down_until_the_listener_connects() -> None:
+    watch = ConsentWatch(keep_seconds=60)
+    assert watch.down and watch.must_recheck(SC, NUMBER, 10.0)
+    watch.listener_up(11.0)
+    assert not watch.down and not watch.must_recheck(SC, NUMBER, 12.0)

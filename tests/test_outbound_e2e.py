@@ -217,7 +217,7 @@ async def test_mo_is_stored_then_acked(db_pool: asyncpg.Pool, db_dsn: str, sim: 
     row = await db_pool.fetchrow("SELECT smsc, source, destination, body, data_coding FROM inbound_message")
     assert dict(row) == {
         "smsc": "sim",
-        "source": "15551230000",
+        "source": "+15551230000",  # TON 1 (international) without '+': stored in E.164 form
         "destination": "12345",
         "body": "JOIN news ✓",
         "data_coding": 8,
