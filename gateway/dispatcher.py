@@ -171,7 +171,7 @@ class BindWorker:
                 if item is None:
                     await d.wait_ready(1.0)
                     continue
-                if d.consent_changed(item, self):
+                if d.consent_changed(item, self, now):
                     continue  # given back before any token was spent on it
             self.bucket.take(now)
             d.account_bucket.take(now)
@@ -351,13 +351,13 @@ class SmscDispatcher:
             lease_until = asyncio.get_running_loop().time() + self.settings.lease_seconds
         self.buffer.add(await self.admission.admit(rows, lease_until))
 
-    def consent_changed(self, item: Item, bind: BindWorker) -> bool:
+    def consent_changed(self, item: Item, bind: BindWorker, now: float) -> bool:
         """True (and the row is given back) when its number's consent changed since it was admitted."""
         watch = self.consent_watch
         if watch is None:
             return False
         # A row held longer than the watch remembers changes is looked up again whatever the watch says.
-        stale = asyncio.get_running_loop().time() - item.admitted_at > watch.keep_seconds
+        stale = now - item.admitted_at > watch.keep_seconds
         if not stale and not watch.must_recheck(item.msg.source, item.parts[0][1].destination_addr,
                                                 item.admitted_at):
             return False

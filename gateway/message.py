@@ -7,6 +7,7 @@ becomes a `Rejection` with a machine-readable reason; it never raises into the d
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -62,11 +63,15 @@ class Rejection:
     reason: str
 
 
+# Any letter, in any script (a word character that is neither a digit nor '_').
+_LETTER = re.compile(r"[^\W\d_]")
+
+
 @functools.lru_cache(maxsize=65536)
 def normalise_number(raw: str, default_region: str) -> str | None:
     """E.164 digits without '+' for a recipient number, or None when it is not a possible number."""
     text = raw.strip()
-    if not text or any(ch.isalpha() for ch in text):
+    if not text or _LETTER.search(text) is not None:
         # phonenumbers reads letters as a vanity number (+1202555CALL -> ...2255): a producer's typo or a
         # placeholder would reach a stranger, so letters make the number invalid.
         return None

@@ -400,9 +400,10 @@ class ResultWriter:
         if size >= self._max_rows:
             self._wake.set()
         level = size + self._writing
-        metrics.WRITER_PENDING.set(level)  # here too: during a stall the flush loop does not come round
         if level > self.flow.high and not self.flow.paused:
             self.flow.update(level)
+        if not size % 256:  # here too (not per item: a locked gauge): during a stall the flush loop waits
+            metrics.WRITER_PENDING.set(level)
 
     @property
     def pending(self) -> int:

@@ -66,6 +66,8 @@ class ConsentWatch:
         """True when the pair's consent may have changed since the row was admitted at `admitted_at`."""
         if self.down or self._gap_at >= admitted_at:
             return True
+        if not self._changed:  # the usual case on the hot path: no consent changed lately
+            return False
         changed = self._changed.get((short_code_key(short_code), msisdn.lstrip("+")))
         return changed is not None and changed >= admitted_at
 

@@ -105,6 +105,7 @@ _KEY_RES: Final[dict[str, re.Pattern[str]]] = {
 }
 _TEXT_RE: Final = re.compile(r"(?<![A-Za-z0-9_])text\s*:", re.IGNORECASE)
 _DIGITS_RE: Final = re.compile(r"[0-9]+")
+_HEX_RE: Final = re.compile(r"[0-9A-Fa-f]+")
 
 
 class ReceiptParseError(ValueError):
@@ -170,7 +171,8 @@ def _is_ascii_digits(value: str) -> bool:
 
 
 def _is_ascii_hex(value: str) -> bool:
-    return bool(value) and value.isascii() and all(char in "0123456789abcdefABCDEF" for char in value)
+    # A compiled ASCII class, not a per-character loop: this runs for every submit_sm_resp and receipt.
+    return _HEX_RE.fullmatch(value) is not None
 
 
 def _field(head: str, name: str) -> str | None:
