@@ -607,3 +607,33 @@ def test_format_then_parse_round_trip(
     assert receipt.submit_date == submit.replace(second=0, microsecond=0)
     assert receipt.done_date == done.replace(second=0, microsecond=0)
     assert receipt.text == text[:20].rstrip("\x00")
+
+
+# The fast path for the standard layout must give what the tolerant parser gives, for any values it accepts.
+_VALUE = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters=":"), min_size=1, max_size=12).filter(
+    lambda v: not any(c.isspace() for c in v)
+)
+
+
+@given(
+    message_id=_VALUE,
+    stat=_VALUE,
+    err=_VALUE,
+    sub=st.integers(0, 999),
+    dlvrd=st.integers(0, 999),
+    submit=st.from_regex(r"[0-9]{10}|[0-9]{12}", fullmatch=True),
+    done=st.from_regex(r"[0-9]{10}|[0-9]{12}", fullmatch=True),
+    text=st.text(max_size=30),
+)
+def test_standard_layout_fast_path_agrees_with_the_tolerant_parser(
+    message_id: str, stat: str, err: str, sub: int, dlvrd: int, submit: str, done: str, text: str
+) -> None:
+    from gateway.smpp.receipt import _standard_fields, _tolerant_fields
+
+    decoded = (
+        f"id:{message_id} sub:{sub:03d} dlvrd:{dlvrd:03d} submit date:{submit} done date:{done}"
+        f" stat:{stat} err:{err} text:{text}"
+    )
+    fast = _standard_fields(decoded)
+    assert fast is not None
+    assert fast == _tolerant_fields(decoded)

@@ -245,14 +245,10 @@ def parse_receipt(
             state (including a message_state TLV outside 1-8 with no ``stat:`` in the text).
     """
     decoded = _decode_text(short_message)
-    text_match = _TEXT_RE.search(decoded)
-    if text_match is None:
-        head, text = decoded, None
-    else:
-        head, text = decoded[: text_match.start()], decoded[text_match.end() :]
+    fields, text = _standard_fields(decoded) or _tolerant_fields(decoded)
 
     tlv_id = _no_nul(receipted_message_id.strip().strip("\x00").strip()) if receipted_message_id else ""
-    message_id = (tlv_id or _field(head, "id") or "")[:_MAX_ID]
+    message_id = (tlv_id or fields["id"] or "")[:_MAX_ID]
     if not message_id:
         raise ReceiptParseError(
             f"delivery receipt has no message id (no receipted_message_id TLV, no id: in {decoded[:160]!r})"
@@ -261,7 +257,7 @@ def parse_receipt(
     # A message_state TLV of SMPP 3.4 (1-8) wins over the text. Outside 1-8 the text's stat: is the better
     # witness; without one, 0 and 9 take their SMPP 5.0 names (SCHEDULED is intermediate, SKIPPED final)
     # and a vendor value becomes STATE_<n>, a final stat like any unknown word: undeliverable, with reason.
-    text_stat = _field(head, "stat")
+    text_stat = fields["stat"]
     stat: str
     if message_state in MESSAGE_STATES:
         stat = MESSAGE_STATES[message_state]
@@ -276,19 +272,48 @@ def parse_receipt(
         )
     if message_state is None:
         message_state = STAT_TO_STATE.get(stat)
-    err = _field(head, "err")
+    err = fields["err"]
 
     return Receipt(
         message_id=message_id,
         stat=stat,
         message_state=message_state,
         err=err[:_MAX_WORD] if err is not None else None,
-        submitted=_parse_int(_field(head, "sub")),
-        delivered=_parse_int(_field(head, "dlvrd")),
-        submit_date=_parse_date(_field(head, "submit_date")),
-        done_date=_parse_date(_field(head, "done_date")),
+        submitted=_parse_int(fields["sub"]),
+        delivered=_parse_int(fields["dlvrd"]),
+        submit_date=_parse_date(fields["submit_date"]),
+        done_date=_parse_date(fields["done_date"]),
         text=text,
     )
+
+
+# The Appendix B layout as most SMSCs write it, matched by one expression instead of a search per key (receipt
+# parsing is on the hot path). Values hold no blank and no colon, so no key can hide inside another's value and
+# the result is the one `_tolerant_fields` gives (a property test checks it); anything else takes that path.
+_STANDARD_RE: Final = re.compile(
+    r"id:([^\s:]+) sub:([0-9]{3}) dlvrd:([0-9]{3}) submit date:([0-9]{10}|[0-9]{12})"
+    r" done date:([0-9]{10}|[0-9]{12}) stat:([^\s:]+) err:([^\s:]+) text:(.*)",
+    re.DOTALL,
+)
+_FIELD_NAMES: Final = ("id", "sub", "dlvrd", "submit_date", "done_date", "stat", "err")
+
+
+def _standard_fields(decoded: str) -> tuple[dict[str, str | None], str | None] | None:
+    match = _STANDARD_RE.fullmatch(decoded)
+    if match is None:
+        return None
+    *values, text = match.groups()
+    return dict(zip(_FIELD_NAMES, values, strict=True)), text
+
+
+def _tolerant_fields(decoded: str) -> tuple[dict[str, str | None], str | None]:
+    """Each key found on its own, in any order and spelling, any of them missing; the free text after `text:`."""
+    text_match = _TEXT_RE.search(decoded)
+    if text_match is None:
+        head, text = decoded, None
+    else:
+        head, text = decoded[: text_match.start()], decoded[text_match.end() :]
+    return {name: _field(head, name) for name in _FIELD_NAMES}, text
 
 
 # Longest id read as a number: 32 hex digits is 128 bits, more than any SMSC counter; it also keeps
