@@ -83,6 +83,11 @@ def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> 
     return out
 
 
+def counter_value(metrics_text: str, name: str) -> float:
+    """A counter's value summed over its labels (0 when absent)."""
+    return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:\{{.*?\}})? ([0-9.e+-]+)$", metrics_text, re.M))
+
+
 def postgres_procs(data_dir: Path) -> list[psutil.Process]:
     pid = int((data_dir / "postmaster.pid").read_text().split()[0])
     master = psutil.Process(pid)
@@ -232,6 +237,9 @@ async def main() -> int:
             "all_final": not_final == 0,
             "not_final": not_final,
             "receipts_parked": parked,
+            # Back-pressure episodes (the writer fell behind Postgres): each one stalls the pipeline briefly.
+            "reading_pauses": counter_value(metrics_text, "smsgw_reading_pauses_total"),
+            "quarantined": counter_value(metrics_text, "smsgw_quarantined_total"),
             "submit_rtt_p50_ms": None if rtt[0.5] is None else round(rtt[0.5] * 1000, 2),
             "submit_rtt_p99_ms": None if rtt[0.99] is None else round(rtt[0.99] * 1000, 2),
             "enqueue_to_submit_p50_ms": None if row["q50"] is None else round(row["q50"] * 1000, 1),

@@ -269,7 +269,7 @@ class ResultWriter:
         flush_interval: float = 0.015,
         flush_max_rows: int = 500,
         on_mo_committed: Callable[[], None] | None = None,
-        max_pending: int = 5000,
+        max_pending: int = 20000,
         receipt_timeout: float = 72 * 3600.0,
         parked_match_seconds: float = 300.0,
     ) -> None:

@@ -168,7 +168,7 @@ class DispatcherSettings(_Model):
     flush_interval: float = Field(0.015, gt=0, le=1.0, description="results are written at least this often")
     flush_max_rows: int = Field(500, ge=1)
     writer_max_pending: int = Field(
-        5000, ge=10, description="results waiting for Postgres above which SMPP reading pauses (resumes at half)"
+        20000, ge=10, description="results waiting for Postgres above which SMPP reading pauses (resumes at half)"
     )
     max_attempts: int = Field(5, ge=1)
     retry_base: float = Field(2.0, gt=0, description="first retry back-off in seconds; doubles per attempt")
