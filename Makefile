@@ -7,7 +7,7 @@ DEMO_ARGS ?=
 # apt-get needs root; use sudo when we are not root.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: venv postgres test demo bench lint
+.PHONY: venv postgres observability-tools test demo bench lint
 
 venv: $(VENV)/.installed
 
@@ -29,10 +29,20 @@ postgres:
 		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y postgresql; \
 	fi
 
+# Integration tests run a real Prometheus (promtool, scraping) and headless Chromium (the status page).
+observability-tools:
+	@if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 \
+		&& command -v chromium >/dev/null 2>&1; then \
+		echo "prometheus and chromium found"; \
+	else \
+		echo "prometheus / chromium not found; installing"; \
+		$(SUDO) apt-get update && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y prometheus chromium; \
+	fi
+
 lint: venv
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 
-test: venv postgres
+test: venv postgres observability-tools
 	$(VENV)/bin/ruff check $(LINT_PATHS)
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
