@@ -18,8 +18,10 @@ RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels \
 COPY config/gateway.example.toml /etc/smsgw/gateway.toml
 USER smsgw
 EXPOSE 9464
-# The metrics endpoint answers only while the daemon's process is up and serving.
+# /healthz answers 200 while the process is up and its event loop is not stalled (gateway/http_server.py);
+# urlopen raises on a 503 or a timeout, so the exit status is the verdict. /readyz (database, migrations, binds)
+# is for orchestrators that route or roll deploys, not for restarting: a carrier outage must not restart us.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
-    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/metrics', timeout=4)"
+    CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9464/healthz', timeout=4)"
 ENTRYPOINT ["smsgw"]
 CMD ["run", "--config", "/etc/smsgw/gateway.toml"]

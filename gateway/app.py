@@ -18,6 +18,7 @@ from gateway import maintenance, metrics
 from gateway.db import outbound_sql as sql
 from gateway.db.migrate import migrate
 from gateway.dispatcher import SmscDispatcher
+from gateway.http_server import HttpServer
 from gateway.results import ResultWriter
 from gateway.router import Router
 from gateway.settings import Settings
@@ -44,7 +45,7 @@ class Gateway:
         self.mo_processor: MoProcessor | None = None
         self.router: Router | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._metrics_server: Any = None
+        self._http: HttpServer | None = None  # /metrics, /healthz, /readyz and the status page
         self.consent_watch: ConsentWatch | None = None
         self._listener_ready = asyncio.Event()
 
@@ -101,13 +102,20 @@ class Gateway:
         self.router.start()
         upkeep = maintenance.run_forever(self.pool, d, self.dispatchers)
         self._tasks.append(asyncio.create_task(upkeep, name="maintenance"))
+        # Event-loop lag (every 0.25 s), pool in use and windows in use (every second): gateway/metrics.py.
+        sampler = metrics.run_sampler(
+            self.pool, lambda: [(disp.name, b.name, b) for disp in self.dispatchers for b in disp.binds]
+        )
+        self._tasks.append(asyncio.create_task(sampler, name="metrics-sampler"))
         if s.metrics.enabled:
-            self._metrics_server, _ = metrics.serve_metrics(s.metrics.host, s.metrics.port)
+            self._http = HttpServer(self, s.metrics.host, s.metrics.port)
+            await self._http.start()
         log.info("gateway started", extra={"smscs": list(s.smsc), "instance": d.instance})
 
     @property
     def metrics_port(self) -> int | None:
-        return self._metrics_server.server_port if self._metrics_server is not None else None
+        """The port the HTTP server listens on (the real one when 0 was configured); None when disabled."""
+        return self._http.port if self._http is not None else None
 
     async def _listen(self, dsn: str) -> None:
         """LISTEN on a dedicated connection; reconnect with back-off. NOTIFY is only a wake-up: the
@@ -155,6 +163,8 @@ class Gateway:
         """Graceful stop, bounded by `dispatcher.shutdown_timeout` per phase."""
         timeout = self.settings.dispatcher.shutdown_timeout
         log.info("stopping: no new claims")
+        if self._http is not None:
+            self._http.stopping = True  # /readyz answers 503 from now on; /metrics serves until the end
         if self.router is not None:
             await self.router.stop()
         for disp in self.dispatchers:
@@ -190,10 +200,9 @@ class Gateway:
             except Exception as exc:
                 log.warning("could not deregister instance", extra={"error": str(exc)})
             await asyncio.wait_for(self.pool.close(), timeout)
-        if self._metrics_server is not None:
-            self._metrics_server.shutdown()
-            self._metrics_server.server_close()
-            self._metrics_server = None
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         log.info("stopped")
 
 

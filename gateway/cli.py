@@ -1,10 +1,13 @@
-"""`smsgw` command line: run, migrate, demo, simulate-smsc."""
+"""`smsgw` command line: run, migrate, demo, simulate-smsc, broadcast, and the admin commands (status, message,
+subscribers, consent, check-config; their logic is in gateway/admin/)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 import uvloop
@@ -35,13 +38,21 @@ def main() -> None:
 
 @main.command()
 @_config_option
-def run(config_path: Path | None) -> None:
+@click.option(
+    "--log-format",
+    type=click.Choice(["json", "text"]),
+    default=None,
+    help="json: one JSON object per line (default); text: human-readable lines. Overrides log_format.",
+)
+def run(config_path: Path | None, log_format: str | None) -> None:
     """Run the gateway daemon until SIGTERM / SIGINT."""
+    import logging
+
     from gateway.app import run_gateway
     from gateway.logs import setup_logging
 
     settings = _load(config_path)
-    setup_logging(settings.log_level, settings.log_format)
+    setup_logging(settings.log_level, log_format or settings.log_format, log_numbers=settings.log_numbers)
     if not settings.smsc:
         click.echo("config error: smsc: no SMSC configured", err=True)
         sys.exit(2)
@@ -50,7 +61,11 @@ def run(config_path: Path | None) -> None:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
-    uvloop.run(run_gateway(settings))
+    try:
+        uvloop.run(run_gateway(settings))
+    except Exception:  # e.g. the database unreachable at start: one log event (redacted), not a bare traceback
+        logging.getLogger("gateway").critical("gateway failed", exc_info=True)
+        sys.exit(1)
 
 
 @main.command()
@@ -201,3 +216,247 @@ def demo(duration: float | None, messages: int, rate: float, metrics_port: int, 
         if temporary:
             shutil.rmtree(data_dir.parent, ignore_errors=True)
     sys.exit(code)
+
+
+# -- admin CLI (issue 8): thin wiring; the logic is in gateway/admin/ ---------------------------------------
+
+_json_option = click.option("--json", "as_json", is_flag=True, help="print one JSON document instead of tables")
+
+
+def _dsn(settings: Settings) -> str:
+    try:
+        return settings.database.resolved_url()
+    except (ConfigError, OSError) as exc:
+        click.echo(str(exc) if isinstance(exc, ConfigError) else f"config error: database.url_file: {exc}", err=True)
+        sys.exit(2)
+
+
+def _admin_run(coro: Any) -> Any:
+    """Run an admin coroutine; AdminError and database errors become one line on stderr and the exit code."""
+    import asyncpg
+
+    from gateway.admin import EXIT_REFUSED, AdminError
+
+    try:
+        return uvloop.run(coro)
+    except AdminError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.code)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        click.echo(f"error: database: {exc}", err=True)
+        sys.exit(EXIT_REFUSED)
+
+
+@main.command()
+@_config_option
+@_json_option
+@click.option("--watch", type=click.FloatRange(min=0.2), default=None, metavar="SECONDS",
+              help="refresh every SECONDS until Ctrl-C (with --json: one JSON document per line per refresh)")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="with --watch: stop after this many refreshes")
+def status(config_path: Path | None, as_json: bool, watch: float | None, count: int | None) -> None:
+    """Binds per SMSC and instance, rates, queue by status, oldest queued, today's figures."""
+    from gateway.admin import console
+    from gateway.admin import status as admin_status
+
+    dsn = _dsn(_load(config_path))
+    if watch is not None:
+        try:
+            _admin_run(admin_status.watch(dsn, console(), watch, as_json=as_json, iterations=count))
+        except KeyboardInterrupt:
+            pass  # Ctrl-C is how a watch ends
+        return
+    rep = _admin_run(admin_status.report(dsn))
+    if as_json:
+        click.echo(rep.model_dump_json(indent=2))
+    else:
+        console().print(admin_status.renderable(rep))
+
+
+@main.group()
+def message() -> None:
+    """Look up, retry and cancel outbound messages."""
+
+
+@message.command("show")
+@_config_option
+@click.argument("message_id", type=int, required=False)
+@click.option("--to", "to_number", metavar="NUMBER", help="list the latest messages to this number instead")
+@click.option("--limit", type=click.IntRange(1, 10000), default=20, show_default=True, help="with --to")
+@_json_option
+def message_show(config_path: Path | None, message_id: int | None, to_number: str | None, limit: int,
+                 as_json: bool) -> None:
+    """The life of a message: row, parts, submit results, receipts, parked receipts, the MO it answers."""
+    from gateway.admin import console, messages, to_json, with_connection
+
+    if (message_id is None) == (to_number is None):
+        raise click.UsageError("give a message ID or --to NUMBER (one of them)")
+    settings = _load(config_path)
+    dsn = _dsn(settings)
+    if message_id is not None:
+        data = _admin_run(with_connection(dsn, lambda conn: messages.show(conn, message_id)))
+        render = messages.render_show
+    else:
+        assert to_number is not None
+        region = settings.dispatcher.default_region
+        data = _admin_run(with_connection(dsn, lambda conn: messages.to_number(conn, to_number, region, limit)))
+        render = messages.render_list
+    if as_json:
+        click.echo(to_json(data))
+    else:
+        render(console(), data)
+
+
+def _outcomes(as_json: bool, outcomes: list[Any]) -> None:
+    from gateway.admin import EXIT_OK, EXIT_REFUSED, console, messages, to_json
+
+    if as_json:
+        click.echo(to_json([o.as_dict() for o in outcomes]))
+    else:
+        messages.render_outcomes(console(), outcomes)
+    sys.exit(EXIT_OK if all(o.done for o in outcomes) else EXIT_REFUSED)
+
+
+@message.command("retry")
+@_config_option
+@click.argument("ids", type=int, nargs=-1, required=True)
+@_json_option
+def message_retry(config_path: Path | None, ids: tuple[int, ...], as_json: bool) -> None:
+    """Queue final rows again: failed, expired, undeliverable, or rejected as cancelled / no_route / invalid_row.
+    Never a consent refusal (opted_out, not_subscribed). Exit 1 when any ID was refused."""
+    from gateway.admin import messages, with_connection
+
+    dsn = _dsn(_load(config_path))
+    unique = list(dict.fromkeys(ids))
+    _outcomes(as_json, _admin_run(with_connection(dsn, lambda conn: messages.retry(conn, unique))))
+
+
+@message.command("cancel")
+@_config_option
+@click.argument("ids", type=int, nargs=-1, required=True)
+@_json_option
+def message_cancel(config_path: Path | None, ids: tuple[int, ...], as_json: bool) -> None:
+    """Cancel queued rows (they end rejected / cancelled). A claimed row is in flight and is refused.
+    Exit 1 when any ID was refused."""
+    from gateway.admin import messages, with_connection
+
+    dsn = _dsn(_load(config_path))
+    unique = list(dict.fromkeys(ids))
+    _outcomes(as_json, _admin_run(with_connection(dsn, lambda conn: messages.cancel(conn, unique))))
+
+
+@main.group()
+def subscribers() -> None:
+    """Bulk import and export of subscriber lists."""
+
+
+@subscribers.command("import")
+@_config_option
+@click.argument("short_code")
+@click.argument("list_name", metavar="LIST")
+@click.argument("csv_file", metavar="FILE.csv", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--source-detail", default=None, help="recorded in each consent event (default: 'import FILE.csv')")
+@click.option("--create-list", "create_program", metavar="PROGRAM", default=None,
+              help="create the list with this program name when it does not exist")
+@click.option("--progress/--no-progress", default=None, help="progress bar on stderr (default: when it is a terminal)")
+@_json_option
+def subscribers_import(config_path: Path | None, short_code: str, list_name: str, csv_file: Path,
+                       source_detail: str | None, create_program: str | None, progress: bool | None,
+                       as_json: bool) -> None:
+    """Subscribe the numbers of a CSV file (header: number[,opted_in_at][,source]) to a list, with consent events
+    (channel 'import'). Opted-out numbers are not subscribed again; bad lines are reported and skipped."""
+    from gateway.admin import console, to_json, with_connection
+    from gateway.admin import subscribers as subs
+
+    settings = _load(config_path)
+    dsn = _dsn(settings)
+    report = _admin_run(with_connection(dsn, lambda conn: subs.import_csv(
+        conn, settings, short_code, list_name, csv_file, source_detail=source_detail, create_program=create_program,
+        progress=progress,
+    )))
+    if as_json:
+        click.echo(to_json(report.as_dict()))
+    else:
+        subs.render_import(console(), report)
+
+
+@subscribers.command("export")
+@_config_option
+@click.argument("short_code")
+@click.argument("list_name", metavar="LIST")
+@click.option("--status", "status_filter", type=click.Choice(["active", "opted_out", "all"]), default="active",
+              show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="a JSON array instead of CSV")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header (the default)")
+def subscribers_export(config_path: Path | None, short_code: str, list_name: str, status_filter: str,
+                       as_json: bool, as_csv: bool) -> None:
+    """Write a list's subscriptions to stdout (CSV re-importable by `subscribers import`, or --json)."""
+    from gateway.admin import json_default, with_connection
+    from gateway.admin import subscribers as subs
+
+    if as_json and as_csv:
+        raise click.UsageError("--json or --csv, not both")
+    dsn = _dsn(_load(config_path))
+    wanted = None if status_filter == "all" else status_filter
+    out = sys.stdout  # written row by row: a million-row export is never held in memory
+
+    async def go(conn: Any) -> None:
+        first = True
+        out.write("[" if as_json else ",".join(subs.EXPORT_COLUMNS) + "\n")
+        async for row in subs.export_rows(conn, short_code, list_name, wanted):
+            record = subs.export_record(row)
+            if as_json:
+                out.write(("\n" if first else ",\n") + json.dumps(record, default=json_default))
+            else:
+                out.write(subs.csv_line(record))
+            first = False
+        if as_json:
+            out.write("\n]\n")
+
+    _admin_run(with_connection(dsn, go))
+
+
+@main.group()
+def consent() -> None:
+    """Consent evidence."""
+
+
+@consent.command("history")
+@_config_option
+@click.argument("number")
+@click.option("--short-code", default=None, help="only this short code")
+@_json_option
+def consent_history(config_path: Path | None, number: str, short_code: str | None, as_json: bool) -> None:
+    """Every opt-in, opt-out and HELP of a number (oldest first), and whether it is opted out / on which lists."""
+    from gateway.admin import consent as admin_consent
+    from gateway.admin import console, to_json, with_connection
+
+    settings = _load(config_path)
+    dsn = _dsn(settings)
+    region = settings.dispatcher.default_region
+    data = _admin_run(with_connection(dsn, lambda conn: admin_consent.history(conn, number, region, short_code)))
+    if as_json:
+        click.echo(to_json(data))
+    else:
+        admin_consent.render(console(), data)
+
+
+@main.command("check-config")
+@_config_option
+@_json_option
+def check_config(config_path: Path | None, as_json: bool) -> None:
+    """Load and validate the settings as `smsgw run` would; print them with secrets masked. Exit 2 when invalid."""
+    from gateway.admin import EXIT_OK, EXIT_USAGE, to_json
+    from gateway.admin.config import check, flatten
+
+    data, problems = check(config_path)
+    if as_json:
+        click.echo(to_json({"ok": not problems, "errors": problems, "settings": data}))
+    else:
+        if data is not None:
+            for key, value in flatten(data):
+                click.echo(f"{key} = {value if isinstance(value, str) else json.dumps(value)}")
+        for line in problems:
+            click.echo(line, err=True)
+        if not problems:
+            click.echo("config OK", err=True)
+    sys.exit(EXIT_USAGE if problems else EXIT_OK)

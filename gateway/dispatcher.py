@@ -14,13 +14,16 @@ import asyncio
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import partial
 
 import asyncpg
 
 from gateway import metrics
 from gateway.admission import Admission
+from gateway.clean import clean_text
 from gateway.error_policy import ErrorPolicy
 from gateway.inbound import InboundHandler
 from gateway.response_outcome import Action, GroupOutcome, Outcome, response_outcome, settle_failure
@@ -37,7 +40,6 @@ from gateway.smpp.pdu import (
     Pdu,
     SubmitSm,
     _Bind,
-    status_name,
 )
 from gateway.smpp.receipt import msgid_key
 from gateway.status import Reason, Status
@@ -53,6 +55,39 @@ PACING_CATCH_UP = 0.01
 _CONSENT_DOWN_WAIT_S = 1.0
 
 
+def bind_failure_reason(exc: BaseException) -> str:
+    """A failed connect + bind as a bounded label (metrics.BIND_FAILURE_REASONS)."""
+    if isinstance(exc, BindError):
+        return "timeout" if exc.status < 0 else "refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionClosedError):
+        return "connection_closed"
+    if isinstance(exc, OSError):
+        return "connection_error"
+    if isinstance(exc, PduEncodeError):
+        return "encode_error"
+    return "other"
+
+
+_RECONNECT_PREFIXES = (
+    ("no enquire_link_resp", "link_dead"),
+    ("unbound by peer", "unbound_by_peer"),
+    ("connection closed by peer", "closed_by_peer"),
+    ("connection lost", "connection_error"),
+    ("protocol error", "protocol_error"),
+    ("session error", "session_error"),
+)
+
+
+def reconnect_reason(close_reason: str) -> str:
+    """Why a bound session ended, as a bounded label (metrics.RECONNECT_REASONS)."""
+    for prefix, label in _RECONNECT_PREFIXES:
+        if close_reason.startswith(prefix):
+            return label
+    return "other"
+
+
 class BindWorker:
     """One bind to the SMSC: connect, bind, send while bound, re-bind with back-off and jitter."""
 
@@ -63,6 +98,12 @@ class BindWorker:
         self.name = f"{dispatcher.name}-{suffix}{index}"
         smsc = dispatcher.smsc
         self.bucket = TokenBucket(smsc.bind_tps, smsc.burst, catch_up=PACING_CATCH_UP)
+        # Metric children bound once (a `labels()` lookup costs about a microsecond: not per message).
+        labels = (dispatcher.name, self.name)
+        self.pdu_counts = metrics.pdu_counts(*labels)
+        self.m_accepted = metrics.SUBMIT_RESPONSES.labels(*labels, "ESME_ROK")
+        self.m_throttled = metrics.THROTTLED.labels(*labels)
+        metrics.WINDOW_SIZE.labels(*labels).set(smsc.window)
         self.conn: SmppConnection | None = None
         self._current: Item | None = None  # a multi-part message whose parts are being sent on this bind
         self._wake = asyncio.Event()
@@ -93,6 +134,7 @@ class BindWorker:
                     late_grace=smsc.late_response_grace,
                     bind_timeout=smsc.bind_timeout,
                     enquire_link_interval=smsc.enquire_link_interval,
+                    pdu_counts=self.pdu_counts,
                 )
                 conn = await connect(
                     smsc.host,
@@ -120,23 +162,32 @@ class BindWorker:
                     conn.abort("bind failed")
                 delay = backoff * random.uniform(0.5, 1.0)
                 log.warning(
-                    "bind failed", extra={"bind": self.name, "error": str(exc) or type(exc).__name__, "retry_s": delay}
+                    "bind failed",
+                    extra={
+                        "smsc": self.d.name, "bind": self.name,
+                        "error": str(exc) or type(exc).__name__, "retry_s": delay,
+                    },
                 )
+                self.d.note_error(f"{self.name}: bind failed: {str(exc) or type(exc).__name__}")
+                metrics.BIND_FAILURES.labels(self.d.name, self.name, bind_failure_reason(exc)).inc()
                 backoff = min(backoff * 2, smsc.reconnect_max)
                 await self._sleep(delay)
                 continue
-            log.info("bound", extra={"bind": self.name, "smsc_system_id": bound.system_id})
+            log.info("bound", extra={"smsc": self.d.name, "bind": self.name, "smsc_system_id": bound.system_id})
             backoff = smsc.reconnect_min
             self.conn = conn
             # Its reading pauses with every other connection's while the result writer is behind (flow_control.py).
             self.d.writer.flow.register(conn)
             metrics.BIND_UP.labels(self.d.name, self.name).set(1)
+            metrics.BINDS.labels(self.d.name, self.name).inc()
             self.d.wake_router()
             await self._send_loop(conn, loop)
             if self._stopping:
                 return  # stop() unbinds; the connection stays up for late responses and receipts
             metrics.BIND_UP.labels(self.d.name, self.name).set(0)
-            log.warning("bind lost", extra={"bind": self.name, "reason": conn.close_reason})
+            log.warning("bind lost", extra={"smsc": self.d.name, "bind": self.name, "reason": conn.close_reason})
+            self.d.note_error(f"{self.name}: bind lost: {conn.close_reason}")
+            metrics.RECONNECTS.labels(self.d.name, self.name, reconnect_reason(conn.close_reason)).inc()
             self.conn = None
             self._drop_current(Reason.CONNECTION_LOST)
             self.d.bind_lost()
@@ -247,12 +298,23 @@ class SmscDispatcher:
         self.adaptive = AdaptiveRate(smsc.tps)
         self.account_bucket = TokenBucket(smsc.tps, smsc.burst, catch_up=PACING_CATCH_UP)
         metrics.EFFECTIVE_RATE.labels(name).set(smsc.tps)
+        metrics.CONFIGURED_RATE.labels(name, "account").set(smsc.tps)
+        metrics.CONFIGURED_RATE.labels(name, "bind").set(smsc.bind_tps)
+        self.m_submitted = metrics.SUBMITTED.labels(name)
+        self.m_timeouts = metrics.SUBMIT_TIMEOUTS.labels(name)
+        self.m_rtt = metrics.SUBMIT_RTT.labels(name)
+        self.m_queue_wait = metrics.QUEUE_WAIT.labels(name)
+        self.m_reply_latency = metrics.REPLY_LATENCY.labels(name)
         if smsc.bind_mode == "pair":
             self.binds = [BindWorker(self, i, BindTransmitter) for i in range(smsc.binds)]
             self.binds += [BindWorker(self, i, BindReceiver) for i in range(smsc.receivers)]
         else:
             self.binds = [BindWorker(self, i) for i in range(smsc.binds)]
         self.wake_router: Callable[[], None] = lambda: None  # set by the router that feeds this dispatcher
+        # The last bind failure / loss / session error and its time, written to the database by the maintenance
+        # heartbeat for the status page and `smsgw status` (gateway/ops_status.py).
+        self.last_error: str | None = None
+        self.last_error_at: datetime | None = None
         self._stopping = False
         self._renewer: asyncio.Task[None] | None = None
 
@@ -309,6 +371,16 @@ class SmscDispatcher:
                 raise
             except Exception as exc:  # the database may be restarting; rows near expiry are handed back unsent
                 log.warning("lease renewal failed", extra={"smsc": self.name, "error": f"{type(exc).__name__}: {exc}"})
+
+    @property
+    def binds_up(self) -> int:
+        """Binds connected and bound now (transmitters and receivers alike)."""
+        return sum(1 for b in self.binds if b.conn is not None and not b.conn.is_closed)
+
+    def note_error(self, text: str) -> None:
+        """Remember the last bind error for the heartbeat (text clipped: it comes partly from the SMSC)."""
+        self.last_error = clean_text(text[:500])  # a NUL from the SMSC would make Postgres refuse the heartbeat
+        self.last_error_at = datetime.now(UTC)
 
     @property
     def is_up(self) -> bool:
@@ -393,24 +465,29 @@ class SmscDispatcher:
         outcome = response_outcome(resp, exc, self.policy)
         loop_now = asyncio.get_running_loop().time()
         if resp is None:
-            metrics.SUBMIT_TIMEOUTS.labels(self.name).inc()
+            self.m_timeouts.inc()
         else:
-            metrics.SUBMIT_RTT.labels(self.name).observe(loop_now - sent_at)
+            self.m_rtt.observe(loop_now - sent_at)
         if outcome.action is Action.ACCEPT:
             assert resp is not None
             if self.adaptive.accepted(loop_now):
                 self._apply_rate(loop_now)
-            metrics.SUBMITTED.labels(self.name).inc()
+            self.m_submitted.inc()
+            bind.m_accepted.inc()
             key = msgid_key(resp.message_id, self.smsc.submit_id_format)
             if item.group is None:
                 self.buffer.release(item)
+                self._observe_submitted(item)
                 self.writer.mark_submitted(item.msg.id, item.token, self.name, outcome.message_id, key, bind.name)
             else:
                 self._group_done(item, item.group.accept(seq, outcome.message_id, key), bind)
             return
         if resp is not None and outcome.error_code is not None:
-            metrics.SUBMIT_ERRORS.labels(self.name, status_name(outcome.error_code)).inc()
+            status = metrics.status_label(outcome.error_code)
+            metrics.SUBMIT_ERRORS.labels(self.name, status).inc()
+            metrics.SUBMIT_RESPONSES.labels(self.name, bind.name, status).inc()
         if outcome.action is Action.THROTTLE:
+            bind.m_throttled.inc()
             # Not a failure: slow the account down (AIMD) and send the same part again (it counts as held).
             if self.adaptive.throttled(loop_now):
                 self._apply_rate(loop_now)
@@ -420,7 +497,9 @@ class SmscDispatcher:
             return
         if outcome.rebind:
             # The bind itself is wrong (bind state, command length...): the message is fine, the link is not.
-            log.warning("session error from SMSC; re-binding", extra={"bind": bind.name, "status": outcome.reason})
+            log.warning("session error from SMSC; re-binding",
+                        extra={"smsc": self.name, "bind": bind.name, "status": outcome.reason})
+            self.note_error(f"{bind.name}: session error: {outcome.reason}")
             if bind.conn is not None:
                 bind.conn.close(f"session error {outcome.reason}")
         self.part_failed(item, seq, outcome, bind=bind)
@@ -437,12 +516,20 @@ class SmscDispatcher:
             return  # other parts have not answered yet
         if done.action is Action.ACCEPT:
             self.buffer.release(item)
+            self._observe_submitted(item)
             assert item.group is not None
             self.writer.mark_parts_submitted(item.msg.id, item.token, self.name, item.group.total, list(done.parts),
                                              bind.name)
         else:
             assert done.deciding is not None
             self._settle_failure(item, done.deciding, bind)
+
+    def _observe_submitted(self, item: Item) -> None:
+        """Enqueue -> submit (and MO -> reply for a keyword reply) latency, at mark time."""
+        waited = time.time() - item.msg.created_at.timestamp()
+        self.m_queue_wait.observe(waited)
+        if item.msg.inbound_message_id is not None:
+            self.m_reply_latency.observe(waited)
 
     def _settle_failure(self, item: Item, outcome: Outcome, bind: BindWorker) -> None:
         s = self.settings

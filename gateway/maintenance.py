@@ -29,7 +29,20 @@ async def heartbeat(pool: asyncpg.Pool, settings: DispatcherSettings, dispatcher
         return
     names = [d.name for d in dispatchers]
     stale_after = 3 * settings.maintenance_interval + 5
-    rows = await pool.fetch(sql.HEARTBEAT, settings.instance, names, stale_after, timeout=30)
+    # Binds, rates and the last bind error ride along, for the status page and `smsgw status` (ops_status.py).
+    rows = await pool.fetch(
+        sql.HEARTBEAT,
+        settings.instance,
+        names,
+        stale_after,
+        [d.binds_up for d in dispatchers],
+        [len(d.binds) for d in dispatchers],
+        [float(d.smsc.tps) for d in dispatchers],
+        [float(d.account_bucket.rate) for d in dispatchers],
+        [d.last_error for d in dispatchers],
+        [d.last_error_at for d in dispatchers],
+        timeout=30,
+    )
     live = {r["smsc"]: r["live"] for r in rows}
     for d in dispatchers:
         d.set_instances(live.get(d.name, 1))
@@ -57,8 +70,9 @@ async def count_parked(pool: asyncpg.Pool, settings: DispatcherSettings) -> None
 
 async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str, int]:
     """One pass; returns the rows touched per task (for logs and tests)."""
+    reaped = await pool.fetchrow(sql.REAP_LEASES_COUNTED, settings.max_attempts, timeout=30)
     touched = {
-        "reaped": _count(await pool.execute(sql.REAP_LEASES, settings.max_attempts, timeout=30)),
+        "reaped": reaped["reaped"] if reaped is not None else 0,
         "expired": _count(await pool.execute(sql.EXPIRE_QUEUED, timeout=30)),
         "no_receipt": _count(await pool.execute(sql.EXPIRE_SUBMITTED, settings.receipt_timeout, timeout=30)),
         "swept": await sweep_parked(pool, settings),
@@ -67,13 +81,30 @@ async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str
         ),
         "dropped_instances": _count(await pool.execute(sql.DROP_STALE_INSTANCES, timeout=30)),
     }
-    depth = {"queued": 0, "claimed": 0, "submitted": 0}
-    for status, count in await pool.fetch(sql.QUEUE_DEPTH, timeout=30):
-        depth[status] = count
-    for status, count in depth.items():
-        metrics.QUEUE_DEPTH.labels(status).set(count)
+    if reaped is not None and reaped["failed"]:
+        metrics.FINAL.labels("failed", "lease_expired_max_attempts").inc(reaped["failed"])
+    if touched["expired"]:
+        metrics.FINAL.labels("expired", "expired_before_submit").inc(touched["expired"])
+    if touched["no_receipt"]:
+        metrics.FINAL.labels("expired", "no_receipt_within_timeout").inc(touched["no_receipt"])
+    await observe_queue(pool)
     await count_parked(pool, settings)
     return touched
+
+
+async def observe_queue(pool: asyncpg.Pool) -> None:
+    """Queue depth by status and priority class, and the oldest due row's wait: two cheap statements."""
+    depth = {(status, prio): 0 for status in ("queued", "claimed", "submitted") for prio in metrics.PRIORITY_CLASSES}
+    for status, prio, count in await pool.fetch(sql.QUEUE_STATS, timeout=30):
+        depth[(status, prio)] = count
+    totals: dict[str, int] = {}
+    for (status, prio), count in depth.items():
+        metrics.QUEUE_DEPTH_BY_PRIORITY.labels(status, prio).set(count)
+        totals[status] = totals.get(status, 0) + count
+    for status, count in totals.items():
+        metrics.QUEUE_DEPTH.labels(status).set(count)
+    age = await pool.fetchval(sql.QUEUE_OLDEST_DUE, timeout=30)
+    metrics.QUEUE_OLDEST_AGE.set(age or 0.0)
 
 
 async def run_forever(

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from typing import Final
 
 from gateway import metrics
-from gateway.smpp.receipt import ID_MAPPINGS
+from gateway.smpp.receipt import ID_MAPPINGS, stat_label
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,14 @@ def observe_matches(rows: Iterable[Mapping[str, object]], *, count_unmatched: bo
     seen: dict[str, dict[int, int]] = {}
     for row in rows:
         smsc, matched, n = str(row["smsc"]), row["matched"], int(row["n"])  # type: ignore[call-overload]
+        status = row.get("status")
+        if status is not None:
+            # Rows this statement made final (delivered, undeliverable...), with their submit -> receipt ages.
+            metrics.FINAL.labels(str(status), stat_label(str(row.get("receipt_stat") or ""))).inc(n)
+            ages = row.get("ages")
+            if ages:
+                metrics.RECEIPT_LATENCY.labels(smsc).observe_many(ages)  # type: ignore[arg-type]
+            continue
         if matched is None:
             if count_unmatched:
                 metrics.RECEIPTS_UNMATCHED.labels(smsc).inc(n)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -452,6 +453,7 @@ class ResultWriter:
             batch, self._batch = self._batch, _Batch()
             self._writing = len(batch)
             metrics.WRITER_PENDING.set(self.pending)
+            started = time.perf_counter()
             try:
                 await self._write_isolating(batch)
             except Exception as exc:  # the database, not the data: all unwritten items are back; this task never dies
@@ -467,6 +469,8 @@ class ResultWriter:
                 self._writing = 0
                 metrics.WRITER_PENDING.set(len(self._batch))
             backoff = 0.05
+            metrics.FLUSH_SECONDS.observe(time.perf_counter() - started)
+            metrics.FLUSH_ROWS.observe(len(batch))
             if not len(self._batch):
                 self._idle.set()
 
@@ -501,6 +505,9 @@ class ResultWriter:
 
     def _committed(self, part: _Batch) -> None:
         self._writing -= len(part)
+        for row in part.rows[_SETTLE]:
+            if row.status != Status.QUEUED:  # a final status (failed, rejected, expired)
+                metrics.FINAL.labels(row.status, metrics.reason_label(row.reason)).inc()
         if part.has_mo and self._on_mo_committed is not None:
             self._on_mo_committed()
         for ack in part.acks():
@@ -607,7 +614,7 @@ class ResultWriter:
             if not is_data_error(exc):
                 raise
             log.error("claim of a refused result left to the lease reaper",
-                      extra={"id": row.id, "error": _error_text(exc), "reason": Reason.INVALID_RESULT.value})
+                      extra={"row": row.id, "error": _error_text(exc), "reason": Reason.INVALID_RESULT.value})
 
 
 def _columns(rows: list[Any], width: int) -> list[list[Any]]:

@@ -262,6 +262,8 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
+    # Phone numbers in logs are masked to their last 4 digits unless this is true (gateway/logs.py).
+    log_numbers: bool = False
 
     @field_validator("smsc")
     @classmethod

@@ -63,3 +63,6 @@ class Reason(StrEnum):
     LEASE_EXPIRED = "lease_expired"
     LEASE_EXPIRED_MAX_ATTEMPTS = "lease_expired_max_attempts"
     NO_RECEIPT_WITHIN_TIMEOUT = "no_receipt_within_timeout"
+    # operator actions (smsgw message cancel / retry)
+    CANCELLED = "cancelled"  # status rejected: a queued row an operator withdrew
+    MANUAL_RETRY = "manual_retry"  # status queued: a final row an operator queued again (the old state in detail)

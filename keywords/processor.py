@@ -41,6 +41,7 @@ from typing import Final
 import asyncpg
 from prometheus_client import Counter
 
+from gateway import metrics
 from gateway.message import normalise_number
 from gateway.settings import InboundSettings
 from gateway.smpp.gsm import decode_short_message
@@ -202,6 +203,7 @@ class MoProcessor:
             await conn.execute("SELECT pg_notify('smsgw_inbound', '')")
         for plan in plans:
             MO_HANDLED.labels(plan.intent).inc()
+            _count_consent(plan)
         return len(plans)
 
     async def _handle(self, conn: asyncpg.Connection, mos: list[AssembledMo]) -> list[_Plan]:
@@ -231,7 +233,7 @@ class MoProcessor:
         MO_QUARANTINED.inc()
         log.error(
             "MO quarantined",
-            extra={"smsc": mo.smsc, "source": _clean(mo.source), "short_code": _clean(mo.short_code), "error": error},
+            extra={"smsc": mo.smsc, "msisdn": _clean(mo.source), "short_code": _clean(mo.short_code), "error": error},
         )
         fields = {
             "source": mo.source,
@@ -408,6 +410,20 @@ class _Plan:
     intent: str
     match: Match | None = None
     note: str | None = None
+
+
+def _count_consent(plan: _Plan) -> None:
+    """Opt-in / opt-out counters, after the commit: what `_apply_round` recorded for this MO."""
+    match = plan.match
+    if match is None:
+        return
+    if _revokes(match):
+        metrics.OPT_OUTS.inc()
+    if plan.intent != DUPLICATE and (
+        match.intent in (Intent.OPT_IN, Intent.JOIN)
+        or (match.intent == Intent.CUSTOM and match.custom is not None and bool(match.custom.join))
+    ):
+        metrics.OPT_INS.inc()
 
 
 def _revokes(match: Match) -> bool:

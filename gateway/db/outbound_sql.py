@@ -219,7 +219,7 @@ WITH i AS (
     FROM k
     WHERE m.smsc = k.smsc AND m.smsc_msgid_key = k.msgid_key AND m.status = 'submitted'
       AND m.submitted_at > now() - make_interval(secs => $11)
-    RETURNING m.id
+    RETURNING m.id, m.smsc, m.status, m.receipt_stat, extract(epoch FROM now() - m.submitted_at)::float8 AS age
 ), part AS (
     UPDATE message_part p
     SET status = k.status, receipt_stat = k.receipt_stat, error_code = k.error_code, reason = k.reason, done_at = now()
@@ -240,7 +240,7 @@ WITH i AS (
         error_code = a.fail_code, reason = coalesce(a.fail_reason, 'delivered'), done_at = now(), updated_at = now()
     FROM agg a
     WHERE m.id = a.message_id AND a.all_done AND m.status = 'submitted'
-    RETURNING m.id
+    RETURNING m.id, m.smsc, m.status, m.receipt_stat, extract(epoch FROM now() - m.submitted_at)::float8 AS age
 ), parked AS (
     INSERT INTO pending_receipt (smsc, msgid_key, alt_key1, alt_key2, message_id, status, receipt_stat, error_code,
                                  reason, received_at)
@@ -248,8 +248,15 @@ WITH i AS (
            coalesce(k.received_at, now())
     FROM k WHERE k.msgid_key IS NULL
 )
-SELECT smsc, CASE msgid_key WHEN key0 THEN 0 WHEN key1 THEN 1 WHEN key2 THEN 2 END AS matched, count(*)::int AS n
+SELECT smsc, CASE msgid_key WHEN key0 THEN 0 WHEN key1 THEN 1 WHEN key2 THEN 2 END AS matched, count(*)::int AS n,
+       NULL::text AS status, NULL::text AS receipt_stat, NULL::float8[] AS ages
 FROM k GROUP BY 1, 2
+UNION ALL
+-- Rows made final here, for the metrics (receipt_ids.observe_matches): per SMSC, status and stat, with the
+-- submit -> receipt seconds of each (a few hundred floats per flush at most).
+SELECT smsc, NULL, count(*)::int, status, receipt_stat, array_agg(age)
+FROM (SELECT smsc, status, receipt_stat, age FROM upd UNION ALL SELECT smsc, status, receipt_stat, age FROM done) f
+GROUP BY smsc, status, receipt_stat
 """
 
 # Re-sent parts of a concatenated MO (same identity, not yet assembled) are stored once.
@@ -296,6 +303,11 @@ SET status = CASE WHEN attempts >= $1 THEN 'failed' ELSE 'queued' END,
     claimed_by = NULL, claimed_until = NULL, updated_at = now()
 WHERE claimed_until < now() AND status = 'claimed'
 """
+# The same, returning (reaped, failed) for the maintenance log and the final-status counter.
+REAP_LEASES_COUNTED = (
+    "WITH r AS (" + REAP_LEASES.strip() + "\nRETURNING status)\n"
+    "SELECT count(*)::int AS reaped, count(*) FILTER (WHERE status = 'failed')::int AS failed FROM r"
+)
 
 # $1 seconds. A submitted row whose receipt never came (the SMSC lost it, or sends none) ends here.
 EXPIRE_SUBMITTED = """
@@ -338,12 +350,21 @@ DROP_OLD_PARKED = """
 DELETE FROM pending_receipt WHERE received_at < now() - make_interval(days => $1::int)
 """
 
-# $1 instance, $2 SMSC names, $3 seconds after which an instance that stopped beating counts as gone.
+# $1 instance, $2 SMSC names, $3 seconds after which an instance that stopped beating counts as gone; per SMSC
+# (same order as $2, for the status page and `smsgw status`, gateway/ops_status.py): $4 binds up, $5 binds
+# configured, $6 configured TPS, $7 effective TPS, $8 last bind error text, $9 its time (NULL: none yet).
 HEARTBEAT = """
 WITH beat AS (
-    INSERT INTO gateway_instance (instance, smsc, last_seen)
-    SELECT $1, s, now() FROM unnest($2::text[]) AS s
-    ON CONFLICT (instance, smsc) DO UPDATE SET last_seen = now()
+    INSERT INTO gateway_instance AS g (instance, smsc, last_seen, binds_up, binds_total, tps, effective_tps,
+                                       last_error, last_error_at)
+    SELECT $1, s.smsc, now(), s.binds_up, s.binds_total, s.tps, s.effective_tps, s.last_error, s.last_error_at
+    FROM unnest($2::text[], $4::int[], $5::int[], $6::float8[], $7::float8[], $8::text[], $9::timestamptz[])
+        AS s(smsc, binds_up, binds_total, tps, effective_tps, last_error, last_error_at)
+    ON CONFLICT (instance, smsc) DO UPDATE
+        SET last_seen = now(), binds_up = EXCLUDED.binds_up, binds_total = EXCLUDED.binds_total,
+            tps = EXCLUDED.tps, effective_tps = EXCLUDED.effective_tps,
+            last_error = coalesce(EXCLUDED.last_error, g.last_error),
+            last_error_at = coalesce(EXCLUDED.last_error_at, g.last_error_at)
 )
 SELECT smsc, count(*) + CASE WHEN bool_or(instance = $1) THEN 0 ELSE 1 END AS live
 FROM gateway_instance
@@ -358,6 +379,32 @@ LEAVE_INSTANCE = "DELETE FROM gateway_instance WHERE instance = $1"
 QUEUE_DEPTH = """
 SELECT status, count(*) FROM outbound_message
 WHERE status IN ('queued', 'claimed', 'submitted') GROUP BY status
+"""
+
+# Non-final rows by status and priority class (metrics.priority_class: reply >= 100, high > 0, normal), and the
+# earliest send_after of the queued rows (the oldest due row's wait is now - that). The minimum is found by a
+# loose index scan of the queue index (priority DESC, send_after, id): one probe per distinct priority, not a
+# scan of the queued rows. Measured in README "Metrics".
+QUEUE_STATS = """
+SELECT status, CASE WHEN priority >= 100 THEN 'reply' WHEN priority > 0 THEN 'high' ELSE 'normal' END AS priority,
+       count(*)::bigint AS n
+FROM outbound_message
+WHERE status IN ('queued', 'claimed', 'submitted') GROUP BY 1, 2
+"""
+QUEUE_OLDEST_DUE = """
+WITH RECURSIVE p AS (
+    (SELECT priority FROM outbound_message WHERE status = 'queued' ORDER BY priority DESC LIMIT 1)
+    UNION ALL
+    SELECT (SELECT o.priority FROM outbound_message o
+            WHERE o.status = 'queued' AND o.priority < p.priority ORDER BY o.priority DESC LIMIT 1)
+    FROM p WHERE p.priority IS NOT NULL
+)
+SELECT greatest(0, extract(epoch FROM now() - min(f.send_after)))::float8 AS age
+FROM p CROSS JOIN LATERAL (
+    SELECT o.send_after FROM outbound_message o
+    WHERE o.status = 'queued' AND o.priority = p.priority ORDER BY o.priority DESC, o.send_after, o.id LIMIT 1
+) f
+WHERE p.priority IS NOT NULL
 """
 
 LISTEN_CHANNEL = "smsgw_outbound"

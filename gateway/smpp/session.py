@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.smpp import codec
 from gateway.smpp.pdu import (
@@ -35,6 +35,9 @@ from gateway.smpp.pdu import (
     _Bind,
     status_name,
 )
+
+if TYPE_CHECKING:
+    from gateway.metrics import PduCounts
 
 MAX_SEQUENCE = 0x7FFFFFFF
 
@@ -161,8 +164,12 @@ class Session:
         late_grace: float | None = None,
         bind_timeout: float = 10.0,
         enquire_link_interval: float = 30.0,
+        pdu_counts: PduCounts | None = None,
     ) -> None:
         self.window = window
+        # PDUs by command_id, sent and received (metrics.PduCounts of the bind: kept across reconnects).
+        self._sent: dict[int, int] = pdu_counts.sent if pdu_counts is not None else {}
+        self._received: dict[int, int] = pdu_counts.received if pdu_counts is not None else {}
         self.response_timeout = response_timeout
         # A submit_sm_resp may come after its timeout on a link that is fine (a slow SMSC): keep its sequence
         # number this long more (default: one more response_timeout) so the answer is used, not thrown away.
@@ -230,6 +237,12 @@ class Session:
             p.deadline += shift
         self._last_received += shift  # the quiet time we caused is not the link's
 
+    def _emit(self, pdu: Pdu) -> None:
+        """Encode `pdu` onto the output (and count it)."""
+        self._out += codec.encode(pdu)
+        cid = pdu.command_id
+        self._sent[cid] = self._sent.get(cid, 0) + 1
+
     def data_to_send(self) -> bytes:
         """Bytes queued for the socket since the last call."""
         out = bytes(self._out)
@@ -253,7 +266,7 @@ class Session:
         if not isinstance(pdu, BindTransmitter | BindReceiver | BindTransceiver):
             raise SessionError("not a bind PDU")
         seq = self._sequence()
-        self._out += codec.encode(_with_sequence(pdu, seq))
+        self._emit(_with_sequence(pdu, seq))
         self._pending[seq] = _Pending(pdu.command_id, now + self.bind_timeout, None)
         self._bind_seq = seq
         self._last_received = now
@@ -280,6 +293,8 @@ class Session:
         # Encode before recording: an encode error must leave no phantom pending request.
         data = codec.encode(_with_sequence(pdu, seq))
         self._out += data
+        sent = self._sent
+        sent[cid] = sent.get(cid, 0) + 1
         self._pending[seq] = _Pending(cid, now + self.response_timeout, context)
         if cid in _WINDOWED:
             self._windowed += 1
@@ -289,7 +304,7 @@ class Session:
         """Queue a response to a request from the peer (deliver_sm_resp, data_sm_resp)."""
         if self.state is State.CLOSED:
             return
-        self._out += codec.encode(pdu)
+        self._emit(pdu)
 
     def unbind(self, now: float) -> None:
         """Start a clean unbind; `Unbound` follows (or a timeout, then the caller closes)."""
@@ -297,7 +312,7 @@ class Session:
             self.state = State.CLOSED
             return
         seq = self._sequence()
-        self._out += codec.encode(Unbind(sequence_number=seq))
+        self._emit(Unbind(sequence_number=seq))
         self._pending[seq] = _Pending(CommandId.UNBIND, now + min(self.response_timeout, 5.0), None)
         self.state = State.UNBINDING
 
@@ -326,18 +341,22 @@ class Session:
         try:
             frames = self._framer.feed(data)
         except codec.PduDecodeError as exc:
-            self._out += codec.encode(GenericNack(sequence_number=exc.sequence_number, command_status=exc.status))
+            self._emit(GenericNack(sequence_number=exc.sequence_number, command_status=exc.status))
             self.state = State.CLOSED
             return [ProtocolViolation(str(exc), fatal=True)]
         for frame in frames:
             try:
                 pdu = codec.decode(frame)
             except codec.PduDecodeError as exc:
+                self._received[-1] = self._received.get(-1, 0) + 1  # counted as command 'other'
                 events.append(self._answer_decode_error(exc))
                 if exc.fatal:
                     self.state = State.CLOSED
                     break
                 continue
+            cid = -1 if isinstance(pdu, UnknownPdu) else pdu.command_id
+            received = self._received
+            received[cid] = received.get(cid, 0) + 1
             self._handle_pdu(pdu, now, events)
             if self.state is State.CLOSED:
                 break
@@ -352,15 +371,15 @@ class Session:
             return ProtocolViolation(f"undecodable response: {exc}", fatal=exc.fatal)
         resp_cls = RESPONSE_FOR.get(cid)
         if resp_cls is not None and not exc.fatal:
-            self._out += codec.encode(resp_cls(sequence_number=exc.sequence_number, command_status=exc.status))
+            self._emit(resp_cls(sequence_number=exc.sequence_number, command_status=exc.status))
         else:
-            self._out += codec.encode(GenericNack(sequence_number=exc.sequence_number, command_status=exc.status))
+            self._emit(GenericNack(sequence_number=exc.sequence_number, command_status=exc.status))
         return ProtocolViolation(f"undecodable request: {exc}", fatal=exc.fatal)
 
     def _handle_pdu(self, pdu: Pdu, now: float, events: list[Event]) -> None:
         if isinstance(pdu, UnknownPdu):
             if not pdu.is_response:
-                self._out += codec.encode(
+                self._emit(
                     GenericNack(sequence_number=pdu.sequence_number, command_status=Status.RINVCMDID)
                 )
             events.append(ProtocolViolation(f"unknown command_id 0x{pdu.raw_command_id:08X}", fatal=False))
@@ -370,9 +389,9 @@ class Session:
             return
         cid = pdu.command_id
         if cid == CommandId.ENQUIRE_LINK:
-            self._out += codec.encode(EnquireLinkResp(sequence_number=pdu.sequence_number))
+            self._emit(EnquireLinkResp(sequence_number=pdu.sequence_number))
         elif cid == CommandId.UNBIND:
-            self._out += codec.encode(UnbindResp(sequence_number=pdu.sequence_number))
+            self._emit(UnbindResp(sequence_number=pdu.sequence_number))
             events.extend(self.connection_lost())
             events.append(Unbound(by_peer=True))
         elif cid in (CommandId.DELIVER_SM, CommandId.DATA_SM):
@@ -382,7 +401,7 @@ class Session:
                 events.append(RequestReceived(pdu))  # type: ignore[arg-type]
             else:
                 resp_cls = RESPONSE_FOR[cid]
-                self._out += codec.encode(
+                self._emit(
                     resp_cls(sequence_number=pdu.sequence_number, command_status=Status.RINVBNDSTS)
                 )
                 events.append(ProtocolViolation(f"{CommandId(cid).name.lower()} in state {self.state.value}",
@@ -393,7 +412,7 @@ class Session:
         else:
             resp_cls = RESPONSE_FOR.get(cid, GenericNack)
             status = Status.RINVBNDSTS if resp_cls is not GenericNack else Status.RINVCMDID
-            self._out += codec.encode(resp_cls(sequence_number=pdu.sequence_number, command_status=status))
+            self._emit(resp_cls(sequence_number=pdu.sequence_number, command_status=status))
             events.append(ProtocolViolation(f"unexpected request {CommandId(cid).name.lower()}", fatal=False))
 
     def _handle_response(self, pdu: Pdu, events: list[Event]) -> None:
@@ -504,7 +523,7 @@ class Session:
             and now - self._last_received >= self.enquire_link_interval
         ):
             seq = self._sequence()
-            self._out += codec.encode(EnquireLink(sequence_number=seq))
+            self._emit(EnquireLink(sequence_number=seq))
             self._pending[seq] = _Pending(CommandId.ENQUIRE_LINK, now + self.response_timeout, None)
             self._enquire_seq = seq
         return events
