@@ -22,6 +22,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from prometheus_client.exposition import choose_encoder
 
+from gateway import metrics
 from gateway.db import ops_sql as sql
 from gateway.db.migrate import load_migrations
 from gateway.ops_status import StatusReport, gather_status
@@ -76,6 +77,7 @@ class LoopTicker:
             now = time.monotonic()
             self.lag = max(0.0, now - expected)
             self.last_beat = now
+            metrics.observe_loop_tick(self.lag, time.time())
 
     def beat_age(self) -> float:
         """Seconds since the last tick."""

@@ -16,9 +16,8 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 log = logging.getLogger(__name__)
@@ -358,28 +357,17 @@ REGISTRY.register(_Collector())
 
 # -- samplers ------------------------------------------------------------------------------------------------------
 
-LOOP_PROBE_INTERVAL = 0.25
+SAMPLE_INTERVAL = 1.0  # pool and window gauges
 
 
 async def run_sampler(
     pool: Any | None = None, binds: Callable[[], Iterable[tuple[str, str, Any]]] | None = None
 ) -> None:
-    """Until cancelled: every 0.25 s measure the event-loop lag; every second sample the pool (asyncpg.Pool:
-    `get_size`, `get_idle_size`) and `binds()` -> (smsc, bind, object with `in_flight`) into their gauges."""
-    import time
-
-    loop = asyncio.get_running_loop()
-    tick = 0
+    """Until cancelled: every second sample the pool (asyncpg.Pool: `get_size`, `get_idle_size`) and `binds()`
+    -> (smsc, bind, object with `in_flight`) into their gauges. Event-loop lag is measured by the HTTP server's
+    ticker (`gateway.http_server.LoopTicker`, `observe_loop_tick`), which also drives /healthz."""
     while True:
-        before = loop.time()
-        await asyncio.sleep(LOOP_PROBE_INTERVAL)
-        lag = max(0.0, loop.time() - before - LOOP_PROBE_INTERVAL)
-        LOOP_LAG.observe(lag)
-        LOOP_LAG_LAST.set(lag)
-        LOOP_LAST_TICK.set(time.time())
-        tick += 1
-        if tick % 4:
-            continue
+        await asyncio.sleep(SAMPLE_INTERVAL)
         try:
             if pool is not None:
                 size = pool.get_size()
@@ -392,8 +380,8 @@ async def run_sampler(
             log.exception("metrics sampler failed")
 
 
-def serve_metrics(host: str, port: int) -> tuple[WSGIServer, threading.Thread]:
-    """Serve /metrics on host:port from a daemon thread (never on the event loop)."""
-    server, thread = start_http_server(port, addr=host)
-    log.info("metrics served", extra={"url": f"http://{host}:{server.server_port}/metrics"})
-    return server, thread
+def observe_loop_tick(lag: float, wall_time: float) -> None:
+    """One tick of the loop ticker: how late it woke (seconds) and when (Unix time)."""
+    LOOP_LAG.observe(lag)
+    LOOP_LAG_LAST.set(lag)
+    LOOP_LAST_TICK.set(wall_time)

@@ -13,6 +13,7 @@ from prometheus_client import REGISTRY
 from test_keywords_e2e import SC, keyword_settings, mo, wait_rows
 
 from gateway import maintenance, metrics
+from gateway.settings import MetricsSettings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 from gateway.smpp.pdu import Status
 
@@ -96,7 +97,11 @@ async def test_outbound_metrics_match_the_rows(db_pool: asyncpg.Pool, db_dsn: st
     async with SmscSimulator(config) as sim:
         await enqueue(db_pool, 300)
         sim.fail_next(5, Status.RINVDSTADR)
-        async with running_gateway(settings_for(db_dsn, sim, binds=2)) as gw:
+        # The HTTP server on (port 0): its loop ticker feeds the event-loop lag histogram.
+        settings = settings_for(db_dsn, sim, binds=2).model_copy(
+            update={"metrics": MetricsSettings(enabled=True, host="127.0.0.1", port=0)}
+        )
+        async with running_gateway(settings) as gw:
             final = await wait_final(db_pool, timeout=60)
             await asyncio.sleep(1.1)  # one sampler period at least
             assert value("smsgw_bind_up", smsc="sim", bind="sim-0") == 1
