@@ -25,7 +25,7 @@ from prometheus_client.exposition import choose_encoder
 from gateway import metrics
 from gateway.db import ops_sql as sql
 from gateway.db.migrate import load_migrations
-from gateway.ops_status import StatusReport, gather_status
+from gateway.ops_status import StatusReport, format_age, gather_status
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -291,18 +291,6 @@ def _e(value: object) -> str:
     return "" if value is None else html.escape(str(value), quote=True)
 
 
-def _age(seconds: float | None) -> str:
-    """A short human age: 42s, 5m 03s, 2h 10m."""
-    if seconds is None:
-        return "–"
-    s = int(seconds)
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
-
-
 def _rate(value: float) -> str:
     return "no limit" if value <= 0 else f"{value:g}/s"
 
@@ -376,7 +364,7 @@ def render_status_page(
         parts.append(_tile("queue-queued", depth.get("queued", 0), "queued"))
         parts.append(_tile("queue-claimed", depth.get("claimed", 0), "claimed"))
         parts.append(_tile("queue-submitted", depth.get("submitted", 0), "awaiting receipt"))
-        parts.append(_tile("queue-oldest", _age(report.oldest_queued_age_s), "oldest queued"))
+        parts.append(_tile("queue-oldest", format_age(report.oldest_queued_age_s), "oldest queued"))
         parts.append("</div>")
 
         f = report.final_today
@@ -398,7 +386,7 @@ def render_status_page(
             state = "gone" if s.stale else f"{s.binds_up}/{s.binds_total}"
             rate = _rate(s.effective_tps) + (f" of {_rate(s.tps)}" if s.tps > 0 and s.effective_tps != s.tps else "")
             parts.append(
-                f"<tr><td>{_e(s.smsc)}<br><span class=muted>{_e(s.instance)}, seen {_e(_age(s.age_s))} ago</span>"
+                f"<tr><td>{_e(s.smsc)}<br><span class=muted>{_e(s.instance)}, seen {_e(format_age(s.age_s))} ago</span>"
                 f'</td><td><span class="badge {cls}">{_e(state)}</span></td><td>{_e(rate)}</td></tr>'
             )
             if s.last_error:

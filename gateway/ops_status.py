@@ -144,3 +144,15 @@ async def gather_status(pool: asyncpg.Pool, *, errors: int = 10, stale_after: fl
         opt_ins_today=counts["opt_ins_today"],
         quarantined_today=counts["quarantined_today"],
     )
+
+
+def format_age(seconds: float | None) -> str:
+    """A short human age: 42s, 5m 03s, 2h 10m."""
+    if seconds is None:
+        return "–"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"

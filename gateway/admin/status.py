@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from gateway.admin import CONNECT_TIMEOUT_S, AdminError, fmt_time, text
-from gateway.ops_status import StatusReport, gather_status
+from gateway.ops_status import StatusReport, format_age, gather_status
 
 
 async def _pool(dsn: str) -> asyncpg.Pool:
@@ -36,16 +36,6 @@ async def report(dsn: str) -> StatusReport:
         await pool.close()
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def renderable(rep: StatusReport) -> Group:
     """The report as rich tables (also what --watch redraws)."""
     binds = Table(title="binds per SMSC and instance", title_justify="left")
@@ -56,7 +46,7 @@ def renderable(rep: StatusReport) -> Group:
         err = f"{fmt_time(s.last_error_at)} {text(s.last_error)}" if s.last_error else "-"
         binds.add_row(
             s.smsc, text(s.instance), f"{s.binds_up}/{s.binds_total}{state}", f"{s.tps:g}", f"{s.effective_tps:g}",
-            f"{_age(s.age_s)} ago", err,
+            f"{format_age(s.age_s)} ago", err,
         )
     if not rep.smscs:
         binds.add_row("-", "no gateway instance has written a heartbeat", "", "", "", "", "")
@@ -66,10 +56,10 @@ def renderable(rep: StatusReport) -> Group:
     depth = rep.queue_depth
     for status in ("queued", "claimed", "submitted"):
         oldest = next((q.oldest_age_s for q in rep.queue if q.status == status), None)
-        queue.add_row(status, f"{depth.get(status, 0):,}", _age(oldest))
+        queue.add_row(status, f"{depth.get(status, 0):,}", format_age(oldest))
     today = ", ".join(f"{k} {v:,}" for k, v in sorted(rep.final_today.items())) or "none"
     lines = Text(
-        f"oldest queued (due): {_age(rep.oldest_queued_age_s)}\n"
+        f"oldest queued (due): {format_age(rep.oldest_queued_age_s)}\n"
         f"final today (UTC): {today}\n"
         f"receipts parked: {rep.receipts_parked:,}; opt-outs today: {rep.opt_outs_today:,}; "
         f"opt-ins today: {rep.opt_ins_today:,}; quarantined today: {rep.quarantined_today:,}\n"
