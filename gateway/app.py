@@ -22,6 +22,8 @@ from gateway.http_server import HttpServer
 from gateway.results import ResultWriter
 from gateway.router import Router
 from gateway.settings import Settings
+from gateway.webhooks import sender as webhook_sender
+from gateway.webhooks import sql as webhook_sql
 from keywords.consent_watch import CONSENT_CHANNEL, ConsentWatch
 from keywords.matcher import KeywordMatcher
 from keywords.processor import MoProcessor
@@ -48,6 +50,8 @@ class Gateway:
         self._http: HttpServer | None = None  # /metrics, /healthz, /readyz and the status page
         self.consent_watch: ConsentWatch | None = None
         self._listener_ready = asyncio.Event()
+        # One sender per enabled webhook endpoint (gateway/webhooks/sender.py), each with its own task and session.
+        self.webhook_senders: list[webhook_sender.WebhookSender] = []
 
     async def start(self, *, apply_migrations: bool = True) -> None:
         """Connect, migrate, bind and start dispatching.
@@ -73,6 +77,9 @@ class Gateway:
             self.pool, KeywordMatcher(s.keywords, s.keywords_default), s.inbound, default_region=d.default_region
         )
         await self.mo_processor.sync_lists(s.keywords)
+        # Before anything sends: the triggers fan events out to the endpoints enabled in this table.
+        await webhook_sender.sync_endpoints(self.pool, s.webhook)
+        self.webhook_senders = webhook_sender.start_senders(self.pool, s.webhook, s.webhooks)
         self.writer = ResultWriter(
             self.pool,
             flush_interval=d.flush_interval,
@@ -100,7 +107,7 @@ class Gateway:
         for disp in self.dispatchers:
             disp.start()
         self.router.start()
-        upkeep = maintenance.run_forever(self.pool, d, self.dispatchers)
+        upkeep = maintenance.run_forever(self.pool, d, self.dispatchers, s.webhooks)
         self._tasks.append(asyncio.create_task(upkeep, name="maintenance"))
         # Event-loop lag (every 0.25 s), pool in use and windows in use (every second): gateway/metrics.py.
         sampler = metrics.run_sampler(
@@ -127,6 +134,7 @@ class Gateway:
                 conn = await asyncpg.connect(dsn, timeout=10)
                 await conn.add_listener(sql.LISTEN_CHANNEL, self._on_notify)
                 await conn.add_listener(CONSENT_CHANNEL, self._on_consent)
+                await conn.add_listener(webhook_sql.CHANNEL, self._on_webhook)
                 if self.consent_watch is not None:
                     # Changes made while no listener was connected were not announced to us.
                     self.consent_watch.listener_up(asyncio.get_running_loop().time())
@@ -154,6 +162,10 @@ class Gateway:
     def _on_consent(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         if self.consent_watch is not None:
             self.consent_watch.on_notify(payload, asyncio.get_running_loop().time())
+
+    def _on_webhook(self, *_args: object) -> None:
+        for sender in self.webhook_senders:
+            sender.wake()
 
     def _on_notify(self, *_args: object) -> None:
         if self.router is not None:
@@ -194,6 +206,9 @@ class Gateway:
             except Exception as exc:
                 log.warning("final MO batch failed; parts stay stored", extra={"error": str(exc)})
             await self.mo_processor.stop()
+        # POSTs in flight finish (bounded) and their results are written while the pool is still open.
+        await asyncio.gather(*(sender.stop(timeout) for sender in self.webhook_senders), return_exceptions=True)
+        self.webhook_senders = []
         if self.pool is not None:
             try:  # the other instances take over this one's share of the account rates at once
                 await self.pool.execute(sql.LEAVE_INSTANCE, self.settings.dispatcher.instance, timeout=5)

@@ -1,5 +1,6 @@
 """`smsgw` command line: run, migrate, demo, simulate-smsc, broadcast, and the admin commands (status, message,
-subscribers, consent, check-config; their logic is in gateway/admin/)."""
+subscribers, consent,
+webhooks, check-config; their logic is in gateway/admin/)."""
 
 from __future__ import annotations
 
@@ -438,6 +439,77 @@ def consent_history(config_path: Path | None, number: str, short_code: str | Non
         click.echo(to_json(data))
     else:
         admin_consent.render(console(), data)
+
+
+@main.group()
+def webhooks() -> None:
+    """Webhook endpoints: backlog, replay, dead deliveries (logic in gateway/admin/webhooks.py)."""
+
+
+@webhooks.command("list")
+@_config_option
+@_json_option
+def webhooks_list(config_path: Path | None, as_json: bool) -> None:
+    """Endpoints of the settings and the database, with pending, dead and delivered-last-hour counts and the
+    oldest pending delivery's age."""
+    from gateway.admin import console, to_json, with_connection
+    from gateway.admin import webhooks as admin_webhooks
+
+    settings = _load(config_path)
+    dsn = _dsn(settings)
+    data = _admin_run(with_connection(dsn, lambda conn: admin_webhooks.list_endpoints(conn, settings)))
+    if as_json:
+        click.echo(to_json({"endpoints": data}))
+    else:
+        admin_webhooks.render_list(console(), data)
+
+
+@webhooks.command("replay")
+@_config_option
+@click.option("--since", required=True, metavar="TIMESTAMP",
+              help="events created since: ISO 8601 (UTC without an offset) or a duration back from now (30m, 6h, 2d)")
+@click.option("--endpoint", default=None, metavar="NAME",
+              help="only this endpoint (default: every one that wants them)")
+@click.option("--type", "event_type", default=None, metavar="TYPE", help="only this event type, e.g. message.final")
+@_json_option
+def webhooks_replay(config_path: Path | None, since: str, endpoint: str | None, event_type: str | None,
+                    as_json: bool) -> None:
+    """Deliver the events created since TIMESTAMP again (new deliveries of the same events: the same webhook-id,
+    so receivers deduplicate). Exit 1 when the endpoint is unknown or disabled."""
+    from gateway.admin import console, to_json, with_connection
+    from gateway.admin import webhooks as admin_webhooks
+
+    dsn = _dsn(_load(config_path))
+    when = _admin_run(_parse_since(since))
+    data = _admin_run(with_connection(dsn, lambda conn: admin_webhooks.replay(conn, when, endpoint, event_type)))
+    if as_json:
+        click.echo(to_json(data))
+    else:
+        admin_webhooks.render_replay(console(), data)
+
+
+async def _parse_since(value: str) -> Any:
+    from gateway.admin import webhooks as admin_webhooks
+
+    return admin_webhooks.parse_since(value)
+
+
+@webhooks.command("retry-dead")
+@_config_option
+@click.option("--endpoint", default=None, metavar="NAME", help="only this endpoint (default: all)")
+@_json_option
+def webhooks_retry_dead(config_path: Path | None, endpoint: str | None, as_json: bool) -> None:
+    """Dead deliveries become pending again, due now, with a fresh attempt budget; prints how many."""
+    from gateway.admin import to_json, with_connection
+    from gateway.admin import webhooks as admin_webhooks
+
+    dsn = _dsn(_load(config_path))
+    count = _admin_run(with_connection(dsn, lambda conn: admin_webhooks.retry_dead(conn, endpoint)))
+    if as_json:
+        click.echo(to_json({"endpoint": endpoint, "retried": count}))
+    else:
+        scope = f" of endpoint {endpoint}" if endpoint else ""
+        click.echo(f"{count} dead deliveries{scope} set pending again")
 
 
 @main.command("check-config")

@@ -1,4 +1,5 @@
-"""Periodic queue hygiene, run by every instance: lease reaper, expiry, parked-receipt sweeper, depth gauge.
+"""Periodic queue hygiene, run by every instance: lease reaper, expiry, parked-receipt sweeper, depth gauge;
+webhook outbox pruning and backlog gauges.
 
 Rule of this module: each statement is a single set-based UPDATE/DELETE in its own short transaction;
 running it on several instances at once is harmless.
@@ -16,9 +17,11 @@ import asyncpg
 from gateway import metrics, receipt_ids
 from gateway.db import outbound_sql as sql
 from gateway.settings import DispatcherSettings
+from gateway.webhooks import ops_sql
 
 if TYPE_CHECKING:
     from gateway.dispatcher import SmscDispatcher
+    from gateway.settings import WebhookSettings
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +71,11 @@ async def count_parked(pool: asyncpg.Pool, settings: DispatcherSettings) -> None
     receipt_ids.observe_parked(rows, settings.parked_receipt_match_seconds)
 
 
-async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str, int]:
-    """One pass; returns the rows touched per task (for logs and tests)."""
+async def run_once(
+    pool: asyncpg.Pool, settings: DispatcherSettings, webhooks: WebhookSettings | None = None
+) -> dict[str, int]:
+    """One pass; returns the rows touched per task (for logs and tests). With `webhooks`, the outbox is pruned
+    and its backlog gauges refreshed too."""
     reaped = await pool.fetchrow(sql.REAP_LEASES_COUNTED, settings.max_attempts, timeout=30)
     touched = {
         "reaped": reaped["reaped"] if reaped is not None else 0,
@@ -89,7 +95,58 @@ async def run_once(pool: asyncpg.Pool, settings: DispatcherSettings) -> dict[str
         metrics.FINAL.labels("expired", "no_receipt_within_timeout").inc(touched["no_receipt"])
     await observe_queue(pool)
     await count_parked(pool, settings)
+    if webhooks is not None:
+        pruned_deliveries, pruned_events = await prune_webhooks(pool, webhooks.retention_days)
+        touched["webhook_deliveries_pruned"] = pruned_deliveries
+        touched["webhook_events_pruned"] = pruned_events
+        await observe_webhooks(pool)
     return touched
+
+
+# A pass deletes at most PRUNE_BATCH * PRUNE_MAX_BATCHES rows per table, PRUNE_BATCH per statement (each its own
+# short transaction): a backlog of millions is worked off over several passes, never in one long transaction.
+PRUNE_BATCH = 5000
+PRUNE_MAX_BATCHES = 20
+
+
+async def prune_webhooks(
+    pool: asyncpg.Pool, retention_days: float, *, batch: int = PRUNE_BATCH, max_batches: int = PRUNE_MAX_BATCHES
+) -> tuple[int, int]:
+    """Delete delivered deliveries older than the retention, then events older than it with no delivery left
+    (dead deliveries are kept, and keep their events). Returns (deliveries, events) deleted."""
+    retention_s = float(retention_days) * 86400.0
+    deleted = []
+    for statement in (ops_sql.PRUNE_DELIVERED, ops_sql.PRUNE_EVENTS):
+        total = 0
+        for _ in range(max_batches):
+            n = _count(await pool.execute(statement, retention_s, batch, timeout=60))
+            total += n
+            if n < batch:
+                break
+        deleted.append(total)
+    if deleted[0]:
+        metrics.WEBHOOK_PRUNED.labels("webhook_delivery").inc(deleted[0])
+    if deleted[1]:
+        metrics.WEBHOOK_PRUNED.labels("webhook_event").inc(deleted[1])
+    return deleted[0], deleted[1]
+
+
+_webhook_gauge_endpoints: set[str] = set()
+
+
+async def observe_webhooks(pool: asyncpg.Pool) -> dict[str, tuple[int, float]]:
+    """Backlog and oldest pending age per endpoint (one statement); an endpoint that disappeared reads 0.
+    Returns {endpoint: (pending, oldest age in seconds)}."""
+    rows = await pool.fetch(ops_sql.BACKLOG, timeout=30)
+    seen = {r["endpoint"]: (int(r["pending"]), float(r["oldest_age"])) for r in rows}
+    for name in _webhook_gauge_endpoints - seen.keys():
+        metrics.WEBHOOK_BACKLOG.labels(name).set(0)
+        metrics.WEBHOOK_OLDEST_PENDING_AGE.labels(name).set(0)
+    for name, (pending, age) in seen.items():
+        metrics.WEBHOOK_BACKLOG.labels(name).set(pending)
+        metrics.WEBHOOK_OLDEST_PENDING_AGE.labels(name).set(age)
+    _webhook_gauge_endpoints.update(seen)
+    return seen
 
 
 async def observe_queue(pool: asyncpg.Pool) -> None:
@@ -108,13 +165,16 @@ async def observe_queue(pool: asyncpg.Pool) -> None:
 
 
 async def run_forever(
-    pool: asyncpg.Pool, settings: DispatcherSettings, dispatchers: Sequence[SmscDispatcher] = ()
+    pool: asyncpg.Pool,
+    settings: DispatcherSettings,
+    dispatchers: Sequence[SmscDispatcher] = (),
+    webhooks: WebhookSettings | None = None,
 ) -> None:
     """Every `maintenance_interval` seconds until cancelled; database errors are logged, never fatal."""
     while True:
         try:
             await heartbeat(pool, settings, dispatchers)
-            touched = await run_once(pool, settings)
+            touched = await run_once(pool, settings, webhooks)
             if any(touched.values()):
                 log.info("maintenance", extra=touched)
         except Exception as exc:  # never fatal: the next pass tries again

@@ -123,6 +123,25 @@ QUARANTINED = Counter(
     "smsgw_quarantined", "items Postgres refused, stored in the quarantine table and acknowledged", ["kind"]
 )
 
+# -- webhooks (label `endpoint`: the configured name, a bounded set) --------------------------------------------
+
+WEBHOOK_FAILURE_CLASSES = ("4xx", "5xx", "429", "timeout", "connection")
+WEBHOOK_SENT = Counter("smsgw_webhook_sent", "webhook deliveries answered with a 2xx", ["endpoint"])
+WEBHOOK_FAILED = Counter(
+    "smsgw_webhook_failed",
+    "webhook attempts that failed (retried later), by class: 4xx, 5xx, 429, timeout, connection",
+    ["endpoint", "class"],
+)
+WEBHOOK_LATENCY = Histogram(
+    "smsgw_webhook_latency_seconds",
+    "webhook POST to its answer (attempts that got an HTTP answer)",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+WEBHOOK_DEAD = Counter(
+    "smsgw_webhook_dead", "webhook deliveries given up after webhooks.max_retry_hours (kept as 'dead')", ["endpoint"]
+)
+
 # -- database --------------------------------------------------------------------------------------------------
 
 FLUSH_ERRORS = Counter("smsgw_db_flush_errors", "result flushes that failed and will be retried")
@@ -385,3 +404,18 @@ def observe_loop_tick(lag: float, wall_time: float) -> None:
     LOOP_LAG.observe(lag)
     LOOP_LAG_LAST.set(lag)
     LOOP_LAST_TICK.set(wall_time)
+
+
+# -- webhooks: backlog (refreshed by maintenance, gateway/maintenance.py) ------------------------------------
+
+WEBHOOK_BACKLOG = Gauge(
+    "smsgw_webhook_backlog", "pending webhook deliveries per endpoint (refreshed by maintenance)", ["endpoint"]
+)
+WEBHOOK_OLDEST_PENDING_AGE = Gauge(
+    "smsgw_webhook_oldest_pending_age_seconds",
+    "age of the oldest pending webhook delivery per endpoint (now - created_at; 0 when none is pending)",
+    ["endpoint"],
+)
+WEBHOOK_PRUNED = Counter(
+    "smsgw_webhook_pruned", "outbox rows deleted after delivery plus the retention period, by table", ["table"]
+)

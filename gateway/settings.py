@@ -7,9 +7,12 @@ line per problem, naming the key.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as dt
 import os
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -241,6 +244,93 @@ class MetricsSettings(_Model):
     port: int = Field(9464, ge=0, le=65535)
 
 
+WebhookEventType = Literal["message.submitted", "message.final", "message.part_final", "mo.received", "consent.changed"]
+
+
+def _webhook_secret(value: str, key: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret `whsec_<base64>` (the error never repeats the value)."""
+    if not value.startswith("whsec_"):
+        raise ValueError(f"{key}: must be a Standard Webhooks secret 'whsec_<base64>'")
+    try:
+        # Some tools write the base64 unpadded; the standardwebhooks library accepts both.
+        raw = base64.b64decode(value[len("whsec_"):] + "==", validate=False)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{key}: the part after 'whsec_' is not base64") from None
+    if len(raw) < 16:
+        raise ValueError(f"{key}: the key must be at least 16 bytes (24 is the usual length)")
+    return raw
+
+
+class WebhookEndpointSettings(_Model):
+    """One HTTP endpoint that receives signed events (Standard Webhooks)."""
+
+    url: str
+    events: list[WebhookEventType] = Field(
+        default_factory=lambda: ["message.final", "mo.received", "consent.changed"], min_length=1
+    )
+    short_codes: list[str] = Field(default_factory=list, description="only events of these short codes; empty = all")
+    secret: SecretStr | None = Field(None, description="whsec_<base64>")
+    secret_file: Path | None = None
+    previous_secret: SecretStr | None = Field(
+        None, description="during a rotation: requests carry a signature with each secret"
+    )
+    timeout: float = Field(10.0, gt=0, le=300, description="seconds for one POST, connect to answer")
+    concurrency: int = Field(8, ge=1, le=256, description="POSTs in flight at once")
+    enabled: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            # Not the value itself: a URL may carry credentials.
+            raise ValueError("must be an http:// or https:// URL with a host")
+        return value
+
+    @model_validator(mode="after")
+    def _secret_valid(self) -> WebhookEndpointSettings:
+        if self.secret is None and self.secret_file is None:
+            raise ValueError("set secret (whsec_<base64>, or SMSGW_WEBHOOK__<NAME>__SECRET) or secret_file")
+        if self.secret is not None:
+            _webhook_secret(self.secret.get_secret_value(), "secret")
+        if self.previous_secret is not None:
+            _webhook_secret(self.previous_secret.get_secret_value(), "previous_secret")
+        return self
+
+    def signing_keys(self) -> list[bytes]:
+        """HMAC keys to sign with: the current secret (read from `secret_file` when given), then the previous.
+
+        Raises:
+            ConfigError: the secret file is unreadable or does not hold a valid secret.
+        """
+        if self.secret_file is not None:
+            try:
+                current = self.secret_file.read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"webhook secret_file {self.secret_file}: {exc.strerror}") from None
+        else:
+            assert self.secret is not None
+            current = self.secret.get_secret_value()
+        try:
+            keys = [_webhook_secret(current, "secret_file" if self.secret_file is not None else "secret")]
+        except ValueError as exc:
+            raise ConfigError(f"webhook {exc}") from None
+        if self.previous_secret is not None:
+            keys.append(_webhook_secret(self.previous_secret.get_secret_value(), "previous_secret"))
+        return keys
+
+
+class WebhookSettings(_Model):
+    """The webhook sender, for every endpoint."""
+
+    max_retry_hours: float = Field(24.0, gt=0, description="an event still undelivered after this is marked dead")
+    retry_base: float = Field(1.0, gt=0, description="first retry within this many seconds; doubles per attempt")
+    retry_max: float = Field(3600.0, gt=0, description="longest wait between two attempts (seconds)")
+    retention_days: float = Field(7.0, gt=0, description="delivered deliveries and their events are pruned after")
+    poll_interval: float = Field(1.0, gt=0, description="fallback poll when no NOTIFY arrives")
+    batch: int = Field(100, ge=1, le=5000, description="deliveries claimed at most in one statement")
+
+
 class Settings(BaseSettings):
     """Everything the daemon reads at start."""
 
@@ -256,6 +346,9 @@ class Settings(BaseSettings):
     inbound: InboundSettings = InboundSettings()
     # Per short code: programs, lists, keywords and reply templates ([keywords."12345"] in TOML).
     keywords: dict[str, ShortCodeKeywords] = Field(default_factory=dict)
+    # Webhook endpoints by name ([webhook.crm] in TOML) and the sender's settings ([webhooks]).
+    webhook: dict[str, WebhookEndpointSettings] = Field(default_factory=dict)
+    webhooks: WebhookSettings = WebhookSettings()
     # For MOs to a short code without its own section.
     keywords_default: ShortCodeKeywords = ShortCodeKeywords(
         program="SMS alerts", contact="our support team", frequency="Msg frequency varies"
@@ -271,6 +364,15 @@ class Settings(BaseSettings):
         for name in value:
             if not name or len(name) > 32 or not name.replace("_", "").replace("-", "").isalnum():
                 raise ValueError(f"SMSC name {name!r} must be 1-32 letters, digits, '-' or '_'")
+        return value
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook_names(cls, value: dict[str, WebhookEndpointSettings]) -> dict[str, WebhookEndpointSettings]:
+        # The name is a metric label and a database key: keep it short and plain.
+        for name in value:
+            if not name or len(name) > 32 or not name.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"webhook name {name!r} must be 1-32 letters, digits, '-' or '_'")
         return value
 
     @model_validator(mode="after")

@@ -51,7 +51,9 @@ BEGIN
     FROM webhook_event e JOIN webhook_endpoint w
       ON w.enabled AND e.type = ANY (w.events)
          AND (cardinality(w.short_codes) = 0 OR e.short_code = ANY (w.short_codes))
-    WHERE e.id = ANY (ids);
+    WHERE e.id = ANY (ids)
+    -- Delivery ids in event order: the sender's head-of-line check per ordering key compares delivery ids.
+    ORDER BY e.id, w.name;
     PERFORM pg_notify('smsgw_webhook', '');
 END $$;
 
