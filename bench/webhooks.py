@@ -42,6 +42,7 @@ from gateway.db.embedded import EmbeddedPostgres, free_port
 from gateway.db.migrate import migrate
 
 SMSGW = str(Path(sys.executable).with_name("smsgw"))
+SENDER_APART = False  # --sender process: `smsgw webhooks run` next to the daemon in the "on" rounds
 SECRET = "whsec_" + base64.b64encode(b"bench-webhook-secret-key").decode()
 FINAL = "('delivered', 'undeliverable', 'expired', 'rejected', 'failed')"
 
@@ -112,6 +113,8 @@ def write_config(path: Path, dsn: str, smsc_port: int, args: argparse.Namespace,
             f'[webhook.bench]\nurl = "http://127.0.0.1:{hook_port}/hook"\nevents = ["message.final"]\n'
             f'secret = "{SECRET}"\nconcurrency = {args.concurrency}\n'
         )
+        if args.sender == "process":
+            text += "[webhooks]\nin_daemon = false\n"
     path.write_text(text)
 
 
@@ -128,6 +131,10 @@ async def run_round(conn: asyncpg.Connection, config: Path, env: dict[str, str],
     records = [("12345", f"+1202{5550000 + i:07d}"[:12], body) for i in range(n)]
     with log.open("ab") as err:
         gw = subprocess.Popen([SMSGW, "run", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        # The senders as a process of their own (`smsgw webhooks run`), when the daemon does not run them.
+        apart = (subprocess.Popen([SMSGW, "webhooks", "run", "--config", str(config)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=err)
+                 if mode == "on" and SENDER_APART else None)
     ok = events_ok = False
     try:
         # The daemon is up (endpoints synced, binds up) once its first heartbeat is written: only then the rows
@@ -157,12 +164,20 @@ async def run_round(conn: asyncpg.Connection, config: Path, env: dict[str, str],
                 if events_ok:
                     break
     finally:
-        gw.terminate()
+        for proc in (gw, apart):
+            if proc is not None:
+                proc.terminate()
         try:
             gw_exit = gw.wait(30)
         except subprocess.TimeoutExpired:
             gw.kill()
             gw_exit = gw.wait(10)
+        if apart is not None:
+            try:
+                apart.wait(30)
+            except subprocess.TimeoutExpired:
+                apart.kill()
+                apart.wait(10)
     last_done = await conn.fetchval("SELECT max(done_at) FROM outbound_message")
     run_s = (last_done - t_start_db).total_seconds() if ok and last_done else None
     result: dict[str, Any] = {
@@ -201,8 +216,11 @@ async def drain_round(conn: asyncpg.Connection, config: Path, env: dict[str, str
         " INSERT INTO webhook_delivery (event_id, endpoint, ordering_key) SELECT id, 'bench', ordering_key FROM e", n
     )
     await conn.execute("VACUUM ANALYZE webhook_delivery")
+    # The senders alone: the daemon (in_daemon) or `smsgw webhooks run` (--sender process) works the backlog off.
+    command = ["webhooks", "run"] if SENDER_APART else ["run"]
     with log.open("ab") as err:
-        gw = subprocess.Popen([SMSGW, "run", "--config", str(config)], env=env, stdout=subprocess.DEVNULL, stderr=err)
+        gw = subprocess.Popen([SMSGW, *command, "--config", str(config)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=err)
     t0 = time.monotonic()
     ok = False
     try:
@@ -239,6 +257,8 @@ async def main() -> int:
     ap.add_argument("--binds", type=int, default=2)
     ap.add_argument("--window", type=int, default=200)
     ap.add_argument("--concurrency", type=int, default=32, help="the endpoint's POSTs in flight")
+    ap.add_argument("--sender", choices=("daemon", "process"), default="daemon",
+                    help="senders inside `smsgw run`, or apart as `smsgw webhooks run` (webhooks.in_daemon = false)")
     ap.add_argument("--receipt-delay", type=float, default=0.05)
     ap.add_argument("--time-limit", type=float, default=300.0, help="per round")
     ap.add_argument("--body", default="Your verification code is 123456. Reply STOP to opt out.")
@@ -247,6 +267,8 @@ async def main() -> int:
     if args.serve_receiver:  # handled before the event loop starts (see the end of the file)
         return 2
 
+    global SENDER_APART
+    SENDER_APART = args.sender == "process"
     tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-webhooks-"))
     pg = EmbeddedPostgres(tmp / "pg")
     procs: list[subprocess.Popen[bytes]] = []
@@ -316,7 +338,7 @@ async def main() -> int:
             "drain": drain,
             "settings": {
                 "binds": args.binds, "window": args.window, "concurrency": args.concurrency,
-                "receipt_delay_s": args.receipt_delay, "cpus": os.cpu_count(),
+                "receipt_delay_s": args.receipt_delay, "cpus": os.cpu_count(), "sender": args.sender,
                 "when": datetime.now(UTC).isoformat(timespec="seconds"),
             },
         }

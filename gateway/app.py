@@ -79,7 +79,8 @@ class Gateway:
         await self.mo_processor.sync_lists(s.keywords)
         # Before anything sends: the triggers fan events out to the endpoints enabled in this table.
         await webhook_sender.sync_endpoints(self.pool, s.webhook)
-        self.webhook_senders = webhook_sender.start_senders(self.pool, s.webhook, s.webhooks)
+        if s.webhooks.in_daemon:  # else `smsgw webhooks run` sends them, in a process of its own
+            self.webhook_senders = webhook_sender.start_senders(self.pool, s.webhook, s.webhooks)
         self.writer = ResultWriter(
             self.pool,
             flush_interval=d.flush_interval,

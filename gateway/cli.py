@@ -446,6 +446,30 @@ def webhooks() -> None:
     """Webhook endpoints: backlog, replay, dead deliveries (logic in gateway/admin/webhooks.py)."""
 
 
+@webhooks.command("run")
+@_config_option
+@click.option("--log-format", type=click.Choice(["json", "text"]), default=None, help="overrides log_format")
+def webhooks_run(config_path: Path | None, log_format: str | None) -> None:
+    """Run only the webhook senders, apart from the SMPP daemon (set `webhooks.in_daemon = false` there), until
+    SIGTERM / SIGINT."""
+    import logging
+
+    from gateway.logs import setup_logging
+    from gateway.webhooks.service import run_webhook_service
+
+    settings = _load(config_path)
+    setup_logging(settings.log_level, log_format or settings.log_format, log_numbers=settings.log_numbers)
+    if not any(ep.enabled for ep in settings.webhook.values()):
+        click.echo("config error: webhook: no enabled endpoint configured", err=True)
+        sys.exit(2)
+    _dsn(settings)
+    try:
+        uvloop.run(run_webhook_service(settings))
+    except Exception:  # e.g. the database unreachable at start: one log event (redacted), not a bare traceback
+        logging.getLogger("gateway").critical("webhook senders failed", exc_info=True)
+        sys.exit(1)
+
+
 @webhooks.command("list")
 @_config_option
 @_json_option

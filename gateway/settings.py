@@ -329,6 +329,9 @@ class WebhookSettings(_Model):
     retention_days: float = Field(7.0, gt=0, description="delivered deliveries and their events are pruned after")
     poll_interval: float = Field(1.0, gt=0, description="fallback poll when no NOTIFY arrives")
     batch: int = Field(100, ge=1, le=5000, description="deliveries claimed at most in one statement")
+    in_daemon: bool = Field(
+        True, description="run the senders inside `smsgw run`; false: run them apart with `smsgw webhooks run`"
+    )
 
 
 class Settings(BaseSettings):

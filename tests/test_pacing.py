@@ -14,8 +14,9 @@ from gateway.simulator import SimulatorConfig, SmscSimulator
 
 
 def window_counts(times: list[float], seconds: int) -> list[int]:
-    """Submits per 1-second window, skipping the first second (binds and the first claim settle)."""
-    t0 = times[0] + 1.0
+    """Submits per 1-second window, skipping the first two seconds (binds and the first claims settle; on a
+    loaded CI machine the first full second once fell 11 % short)."""
+    t0 = times[0] + 2.0
     return [sum(1 for t in times if t0 + k <= t < t0 + k + 1) for k in range(seconds)]
 
 
@@ -23,7 +24,7 @@ def window_counts(times: list[float], seconds: int) -> list[int]:
 async def test_pacing_holds_the_configured_rate(
     db_pool: asyncpg.Pool, db_dsn: str, tps: int, binds: int, seconds: int
 ) -> None:
-    total = tps * (seconds + 2)
+    total = tps * (seconds + 3)
     async with SmscSimulator(SimulatorConfig(receipt_delay=0.05)) as sim:
         await enqueue(db_pool, total)
         async with running_gateway(settings_for(db_dsn, sim, tps=tps, binds=binds, window=100)):
@@ -35,7 +36,7 @@ async def test_pacing_holds_the_configured_rate(
     assert all(abs(c - tps) <= margin for c in counts), counts
     # Smooth, not a burst at the start of each second: no 100 ms slice carries more than twice its share.
     if tps >= 100:
-        t0 = times[0] + 1.0
+        t0 = times[0] + 2.0
         slices = [sum(1 for t in times if t0 + k / 10 <= t < t0 + (k + 1) / 10) for k in range(10 * seconds)]
         assert max(slices) <= 3 * tps / 10, slices
 

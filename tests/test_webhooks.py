@@ -499,3 +499,36 @@ async def test_sync_endpoints_upserts_and_disables_the_unlisted(db_pool: asyncpg
 
 def test_short_error_is_storable() -> None:
     assert short_error("bad\x00line \udcff" + "x" * 500) == "badline ?" + "x" * 191
+
+
+# -- the senders as a process of their own -----------------------------------------------------------------------
+
+
+async def test_senders_apart_from_the_daemon(db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator) -> None:
+    """`webhooks.in_daemon = false`: the daemon writes the outbox but sends nothing; `smsgw webhooks run`
+    (run_webhook_service, here in-process) delivers every event, and stops cleanly."""
+    from gateway.webhooks.service import run_webhook_service
+
+    secret = new_secret()
+    async with receiving(Receiver([secret])) as rx:
+        settings = with_webhooks(settings_for(db_dsn, sim), {"crm": endpoint(rx, secret)}, in_daemon=False)
+        async with running_gateway(settings) as gw:
+            assert gw.webhook_senders == []
+            await sim.wait_for(lambda: sim.bound() >= 1, timeout=10)
+            await enqueue(db_pool, 200)
+            await wait_final(db_pool, 30)
+            await asyncio.sleep(0.3)
+            assert rx.ids == set()  # nothing sent by the daemon
+            pending = await db_pool.fetchrow(
+                "SELECT count(*) AS n, count(*) FILTER (WHERE status = 'pending' AND attempts = 0) AS untouched"
+                " FROM webhook_delivery"
+            )
+            assert pending["n"] >= 400 and pending["untouched"] == pending["n"]  # submitted + final, none tried
+        stop = asyncio.Event()
+        service = asyncio.create_task(run_webhook_service(settings, stop))
+        try:
+            assert await wait_until(lambda: all_delivered(db_pool, "crm"), 30)
+        finally:
+            stop.set()
+            await asyncio.wait_for(service, 15)
+        await check_complete(db_pool, rx, "crm")

@@ -70,3 +70,5 @@ FROM unnest($1::bigint[], $2::bool[], $3::int[], $4::text[], $5::float8[]) AS r(
 WHERE d.id = r.id AND d.status = 'pending'
 RETURNING d.status
 """
+
+ENDPOINT_TABLE_MISSING = "SELECT to_regclass('webhook_endpoint') IS NULL"
