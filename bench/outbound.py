@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import asyncpg
 import psutil
+from processes import stop, wait_port
 
 from gateway.db.embedded import EmbeddedPostgres, free_port
 from gateway.db.migrate import migrate
@@ -44,15 +44,6 @@ SMSGW = str(Path(sys.executable).with_name("smsgw"))
 
 
 
-def wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
 def histogram_quantiles(metrics_text: str, name: str, qs: tuple[float, ...]) -> dict[float, float | None]:
@@ -270,13 +261,7 @@ async def main() -> int:
         print(json.dumps(result))
         return 0 if result["ok"] else 1
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(procs)
         pg.stop()
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+from processes import stop, wait_port
 
 from gateway.db.embedded import EmbeddedPostgres, free_port
 from gateway.db.migrate import migrate
@@ -87,17 +88,6 @@ def receiver_call(port: int, path: str, method: str = "GET") -> dict[str, Any]:
     return json.loads(body) if body else {}
 
 
-def wait_port(port: int, timeout: float) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit(f"nothing listening on 127.0.0.1:{port} after {timeout} s")
 
 
 # -- rounds ----------------------------------------------------------------------------------------------
@@ -164,20 +154,8 @@ async def run_round(conn: asyncpg.Connection, config: Path, env: dict[str, str],
                 if events_ok:
                     break
     finally:
-        for proc in (gw, apart):
-            if proc is not None:
-                proc.terminate()
-        try:
-            gw_exit = gw.wait(30)
-        except subprocess.TimeoutExpired:
-            gw.kill()
-            gw_exit = gw.wait(10)
-        if apart is not None:
-            try:
-                apart.wait(30)
-            except subprocess.TimeoutExpired:
-                apart.kill()
-                apart.wait(10)
+        stop([gw, apart], timeout=30)
+    gw_exit = gw.returncode
     last_done = await conn.fetchval("SELECT max(done_at) FROM outbound_message")
     run_s = (last_done - t_start_db).total_seconds() if ok and last_done else None
     result: dict[str, Any] = {
@@ -230,12 +208,8 @@ async def drain_round(conn: asyncpg.Connection, config: Path, env: dict[str, str
                 ok = True
                 break
     finally:
-        gw.terminate()
-        try:
-            gw_exit = gw.wait(30)
-        except subprocess.TimeoutExpired:
-            gw.kill()
-            gw_exit = gw.wait(10)
+        stop([gw], timeout=30)
+    gw_exit = gw.returncode
     stats = receiver_call(hook_port, "/stats")
     # From the first delivery to the last: the sender's rate, without the daemon's start-up.
     first, last = await conn.fetchrow("SELECT min(delivered_at), max(delivered_at) FROM webhook_delivery")
@@ -349,13 +323,7 @@ async def main() -> int:
         print(json.dumps(result))
         return 0 if ok else 1
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        stop(procs)
         pg.stop()
 
 
