@@ -8,17 +8,17 @@ batch later. The writer still isolates whatever gets through (`results.py`); thi
 
 from __future__ import annotations
 
-import re
+import json
+from collections.abc import Mapping
 from typing import Final
 
-__all__ = ["BIGINT_MAX", "BIGINT_MIN", "REPLACEMENT", "clean_code", "clean_int", "clean_optional_text", "clean_text"]
+__all__ = ["REPLACEMENT", "clean_optional_text", "clean_text", "error_text", "fields_json"]
 
 # Postgres `text` cannot hold U+0000; the Unicode replacement character keeps the position visible and makes an
 # id with a NUL inside match nothing (stripping the NUL could make it match another message's id).
 REPLACEMENT: Final = "\ufffd"
-BIGINT_MIN: Final = -(2**63)
-BIGINT_MAX: Final = 2**63 - 1
-_ASCII_DIGITS: Final = re.compile(r"[0-9]+")
+# Longest error text kept with a quarantined item or a row's detail.
+ERROR_CHARS: Final = 2000
 
 
 def clean_text(value: str) -> str:
@@ -36,23 +36,22 @@ def clean_optional_text(value: str | None) -> str | None:
     return None if value is None else clean_text(value)
 
 
-def clean_int(value: int | None, lo: int = BIGINT_MIN, hi: int = BIGINT_MAX) -> int | None:
-    """`value` clamped to lo..hi (a Postgres `bigint` by default); None stays None."""
-    if value is None:
-        return None
-    return lo if value < lo else hi if value > hi else value
+def error_text(exc: BaseException) -> str:
+    """`exc` as storable text (`Type: message`), at most ERROR_CHARS characters."""
+    return clean_text(f"{type(exc).__name__}: {exc}")[:ERROR_CHARS]
 
 
-def clean_code(text: str | None) -> int | None:
-    """An error code written as text (a receipt's `err:`): its number when it is ASCII digits that fit a
-    `bigint`, else None (the text itself is kept by the caller, e.g. in `reason`).
+def _json_value(value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    return clean_text(str(value))
 
-    `str.isdigit()` is true for '²' and '٣', which `int()` refuses or reads as another number: only 0-9 count.
-    """
-    if text is None or _ASCII_DIGITS.fullmatch(text) is None:
-        return None
-    number = int(text)
-    return number if number <= BIGINT_MAX else None
+
+def fields_json(fields: Mapping[str, object]) -> str:
+    """`fields` as a JSON object that jsonb accepts: text cleaned of NUL and lone surrogates, bytes as hex."""
+    return json.dumps({clean_text(str(k)): _json_value(v) for k, v in fields.items()})
 
 
 def _has_surrogate(value: str) -> bool:

@@ -19,7 +19,6 @@ Rows are named tuples whose fields are, in order, the columns of their statement
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -30,7 +29,7 @@ from typing import Any, NamedTuple
 import asyncpg
 
 from gateway import metrics, receipt_ids
-from gateway.clean import clean_optional_text, clean_text
+from gateway.clean import ERROR_CHARS, clean_optional_text, clean_text, error_text, fields_json
 from gateway.db import outbound_sql as sql
 from gateway.flow_control import FlowControl
 from gateway.status import Reason, Status
@@ -243,23 +242,6 @@ def is_data_error(exc: BaseException) -> bool:
     return isinstance(exc, ValueError | TypeError | OverflowError)
 
 
-def _error_text(exc: BaseException) -> str:
-    return clean_text(f"{type(exc).__name__}: {exc}")[:2000]
-
-
-def _json_value(value: object) -> object:
-    if value is None or isinstance(value, bool | int | float):
-        return value
-    if isinstance(value, bytes):
-        return value.hex()
-    return clean_text(str(value))
-
-
-def fields_json(fields: Mapping[str, object]) -> str:
-    """`fields` as a JSON object that jsonb accepts: text cleaned of NUL and lone surrogates, bytes as hex."""
-    return json.dumps({clean_text(str(k)): _json_value(v) for k, v in fields.items()})
-
-
 class ResultWriter:
     """Owns the buffers and the flush task. All `add_*` methods are cheap and never block."""
 
@@ -391,7 +373,7 @@ class ResultWriter:
         """Store what could not be turned into a row (e.g. a PDU whose handling raised) with its error; `ack`
         runs after that commit."""
         metrics.QUARANTINED.labels(kind).inc()
-        row = QuarantineRow(kind, clean_optional_text(smsc), raw, fields_json(fields), clean_text(error)[:2000])
+        row = QuarantineRow(kind, clean_optional_text(smsc), raw, fields_json(fields), clean_text(error)[:ERROR_CHARS])
         self._batch.add(_QUARANTINE, row, _Extra(ack, raw))
         self._poke()
 
@@ -570,7 +552,7 @@ class ResultWriter:
         """
         ((kind, row, extra),) = part.entries()
         name = KINDS[kind].name
-        text = _error_text(error)
+        text = error_text(error)
         smsc = clean_optional_text(getattr(row, "smsc", None))
         candidates = [
             QuarantineRow(name, smsc, extra.raw, fields_json(row._asdict()), text),
@@ -594,7 +576,7 @@ class ResultWriter:
             return
         log.error(
             "result refused by Postgres and by the quarantine; dropped unacknowledged",
-            extra={"kind": name, "error": _error_text(error)},
+            extra={"kind": name, "error": error_text(error)},
         )
         part.extras[kind][0] = _NO_EXTRA  # no ack: what an SMSC sent comes again
 
@@ -614,7 +596,7 @@ class ResultWriter:
             if not is_data_error(exc):
                 raise
             log.error("claim of a refused result left to the lease reaper",
-                      extra={"row": row.id, "error": _error_text(exc), "reason": Reason.INVALID_RESULT.value})
+                      extra={"row": row.id, "error": error_text(exc), "reason": Reason.INVALID_RESULT.value})
 
 
 def _columns(rows: list[Any], width: int) -> list[list[Any]]:

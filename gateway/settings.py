@@ -18,7 +18,16 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from gateway.quiet_hours import next_allowed
@@ -361,21 +370,14 @@ class Settings(BaseSettings):
     # Phone numbers in logs are masked to their last 4 digits unless this is true (gateway/logs.py).
     log_numbers: bool = False
 
-    @field_validator("smsc")
+    @field_validator("smsc", "webhook")
     @classmethod
-    def _names(cls, value: dict[str, SmscSettings]) -> dict[str, SmscSettings]:
+    def _names(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        # SMSC and endpoint names are metric labels and database keys: short and plain.
+        kind = "SMSC" if info.field_name == "smsc" else "webhook"
         for name in value:
             if not name or len(name) > 32 or not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"SMSC name {name!r} must be 1-32 letters, digits, '-' or '_'")
-        return value
-
-    @field_validator("webhook")
-    @classmethod
-    def _webhook_names(cls, value: dict[str, WebhookEndpointSettings]) -> dict[str, WebhookEndpointSettings]:
-        # The name is a metric label and a database key: keep it short and plain.
-        for name in value:
-            if not name or len(name) > 32 or not name.replace("_", "").replace("-", "").isalnum():
-                raise ValueError(f"webhook name {name!r} must be 1-32 letters, digits, '-' or '_'")
+                raise ValueError(f"{kind} name {name!r} must be 1-32 letters, digits, '-' or '_'")
         return value
 
     @model_validator(mode="after")

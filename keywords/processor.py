@@ -30,7 +30,6 @@ Rules of this module:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections import defaultdict
@@ -42,6 +41,7 @@ import asyncpg
 from prometheus_client import Counter
 
 from gateway import metrics
+from gateway.clean import clean_text, error_text, fields_json
 from gateway.message import normalise_number
 from gateway.settings import InboundSettings
 from gateway.smpp.gsm import decode_short_message
@@ -71,7 +71,6 @@ _TRANSIENT: Final = (
     asyncpg.InsufficientResourcesError,
     asyncpg.LockNotAvailableError,
 )
-_MAX_ERROR_CHARS: Final = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +196,7 @@ class MoProcessor:
                     raise
                 log.warning(
                     "MO batch refused; handling its MOs one by one",
-                    extra={"mos": len(mos), "error": _describe(exc)},
+                    extra={"mos": len(mos), "error": error_text(exc)},
                 )
                 plans = await self._handle_one_by_one(conn, mos)
             await conn.execute("SELECT pg_notify('smsgw_inbound', '')")
@@ -229,11 +228,12 @@ class MoProcessor:
     async def _quarantine(self, conn: asyncpg.Connection, mo: AssembledMo, exc: BaseException) -> _Plan:
         """Keep an MO that Postgres refused: in `quarantine` always, and in `inbound_message` (intent 'other',
         the error in `note`) when that row can be written, so that followers still see it."""
-        error = _clean(_describe(exc))[:_MAX_ERROR_CHARS]
+        error = error_text(exc)
         MO_QUARANTINED.inc()
         log.error(
             "MO quarantined",
-            extra={"smsc": mo.smsc, "msisdn": _clean(mo.source), "short_code": _clean(mo.short_code), "error": error},
+            extra={"smsc": mo.smsc, "msisdn": clean_text(mo.source), "short_code": clean_text(mo.short_code),
+                   "error": error},
         )
         fields = {
             "source": mo.source,
@@ -245,10 +245,10 @@ class MoProcessor:
             "incomplete": mo.incomplete,
             "received_at": mo.received_at.isoformat(),
         }
-        as_text = json.dumps({k: _clean(str(v)) for k, v in fields.items()})
+        as_text = fields_json(fields)
         try:
             async with conn.transaction():
-                await conn.execute(sql.QUARANTINE_MO, _clean(mo.smsc), mo.raw, as_text, error)
+                await conn.execute(sql.QUARANTINE_MO, clean_text(mo.smsc), mo.raw, as_text, error)
         except Exception as again:
             if _is_transient(again, conn):
                 raise
@@ -263,7 +263,7 @@ class MoProcessor:
         except Exception as again:
             if _is_transient(again, conn):
                 raise
-            log.error("quarantined MO kept in quarantine only", extra={"error": _clean(_describe(again))})
+            log.error("quarantined MO kept in quarantine only", extra={"error": error_text(again)})
         return _Plan(mo, 0, None, "quarantined", note=note)  # for the metrics of the batch
 
     def _msisdn(self, source: str) -> str | None:
@@ -436,15 +436,6 @@ def _revokes(match: Match) -> bool:
 def _is_transient(exc: BaseException, conn: asyncpg.Connection) -> bool:
     """True for errors of the link or the server, which say nothing about the MOs being handled."""
     return isinstance(exc, _TRANSIENT) or conn.is_closed()
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _clean(text: str) -> str:
-    """Text Postgres stores in text and jsonb alike: no NUL, no lone surrogate."""
-    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 def _consent_columns(plans: list[_Plan]) -> list[list[object]]:

@@ -12,9 +12,9 @@ import pytest
 from gw import enqueue
 
 from gateway import results
-from gateway.clean import BIGINT_MAX, REPLACEMENT, clean_code, clean_int, clean_text
+from gateway.clean import REPLACEMENT, clean_text, fields_json
 from gateway.flow_control import FlowControl
-from gateway.results import KINDS, ResultWriter, fields_json, is_data_error
+from gateway.results import KINDS, ResultWriter, is_data_error
 from gateway.smpp import session as s
 from gateway.smpp.pdu import BindTransceiver, SubmitSm
 
@@ -51,36 +51,6 @@ def test_row_fields_are_the_sql_columns_in_order(kind: results.Kind) -> None:
 def test_clean_text(raw: str, clean: str) -> None:
     assert clean_text(raw) == clean
     clean_text(raw).encode("utf-8")  # always encodable
-
-
-@pytest.mark.parametrize(
-    ("err", "code"),
-    [
-        (None, None),
-        ("000", 0),
-        ("123", 123),
-        ("\u00b2", None),  # isdigit() is true, int() fails
-        ("\u0663", None),  # Arabic-Indic three: int() reads it as 3
-        ("12a", None),
-        ("", None),
-        ("+1", None),
-        (" 1", None),
-        ("4294967295", 0xFFFFFFFF),
-        (str(BIGINT_MAX), BIGINT_MAX),
-        (str(BIGINT_MAX + 1), None),
-        ("9" * 400, None),
-    ],
-)
-def test_clean_code(err: str | None, code: int | None) -> None:
-    assert clean_code(err) == code
-
-
-@pytest.mark.parametrize(
-    ("value", "clean"),
-    [(None, None), (0, 0), (0xFFFFFFFF, 0xFFFFFFFF), (2**64, BIGINT_MAX), (-(2**70), -(2**63))],
-)
-def test_clean_int(value: int | None, clean: int | None) -> None:
-    assert clean_int(value) == clean
 
 
 def test_fields_json_is_jsonb_safe() -> None:

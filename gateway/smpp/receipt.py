@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
+from gateway.clean import clean_text
+
 __all__ = [
     "FINAL_STATS",
     "ID_MAPPINGS",
@@ -155,14 +157,9 @@ def _decode_text(data: bytes) -> str:
     if len(data) >= 4 and len(data) % 2 == 0 and data[0] == 0 and data[1] != 0:
         high = data[0::2]
         if high.count(0) * 2 >= len(high):
-            return _no_nul(data.decode("utf-16-be", "replace").rstrip("\x00"))
+            return clean_text(data.decode("utf-16-be", "replace").rstrip("\x00"))
     # Latin-1 maps every octet, so nothing here can raise; NUL padding is dropped.
-    return _no_nul(data.decode("latin-1").rstrip("\x00"))
-
-
-def _no_nul(text: str) -> str:
-    # A NUL inside a value (an id, a stat) cannot go into a Postgres text column: make it visible instead.
-    return text.replace("\x00", "\ufffd") if "\x00" in text else text
+    return clean_text(data.decode("latin-1").rstrip("\x00"))
 
 
 def _is_ascii_digits(value: str) -> bool:
@@ -247,7 +244,7 @@ def parse_receipt(
     decoded = _decode_text(short_message)
     fields, text = _standard_fields(decoded) or _tolerant_fields(decoded)
 
-    tlv_id = _no_nul(receipted_message_id.strip().strip("\x00").strip()) if receipted_message_id else ""
+    tlv_id = clean_text(receipted_message_id.strip().strip("\x00").strip()) if receipted_message_id else ""
     message_id = (tlv_id or fields["id"] or "")[:_MAX_ID]
     if not message_id:
         raise ReceiptParseError(
