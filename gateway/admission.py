@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 import asyncpg
 
 from gateway import metrics
+from gateway.clean import error_text
 from gateway.message import ClaimedMessage, Rejection, consent_refusal, prepare
 from gateway.quiet_hours import next_allowed
 from gateway.response_outcome import PartGroup
@@ -28,13 +29,8 @@ from keywords import sql as consent_sql
 
 log = logging.getLogger(__name__)
 
-_DETAIL_MAX = 500  # characters of an exception kept in `detail`
-
-
-def error_detail(exc: BaseException) -> str:
-    """`Type: message`, bounded: what `detail` records for a row that could not be prepared."""
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= _DETAIL_MAX else text[: _DETAIL_MAX - 1] + "…"
+# Characters of an exception kept in a row's `detail`.
+DETAIL_CHARS = 500
 
 
 class Admission:
@@ -150,6 +146,6 @@ class Admission:
     def invalid(self, row_id: int, token: str, exc: BaseException) -> None:
         """A row that could not be prepared: rejected alone, with the error for people to read."""
         metrics.REJECTED.labels(Reason.INVALID_ROW).inc()
-        detail = error_detail(exc)
+        detail = error_text(exc, DETAIL_CHARS)
         log.warning("row cannot be prepared; rejected", extra={"row": row_id, "smsc": self.name, "error": detail})
         self.writer.settle(row_id, token, Status.REJECTED, reason=Reason.INVALID_ROW, smsc=self.name, detail=detail)

@@ -36,9 +36,10 @@ def clean_optional_text(value: str | None) -> str | None:
     return None if value is None else clean_text(value)
 
 
-def error_text(exc: BaseException) -> str:
-    """`exc` as storable text (`Type: message`), at most ERROR_CHARS characters."""
-    return clean_text(f"{type(exc).__name__}: {exc}")[:ERROR_CHARS]
+def error_text(exc: BaseException, limit: int = ERROR_CHARS) -> str:
+    """`exc` as storable text (`Type: message`), at most `limit` characters ('…' marks a cut)."""
+    text = clean_text(f"{type(exc).__name__}: {exc}")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _json_value(value: object) -> object:

@@ -21,7 +21,8 @@ from collections import defaultdict
 
 import asyncpg
 
-from gateway.admission import error_detail
+from gateway.admission import DETAIL_CHARS
+from gateway.clean import error_text
 from gateway.db import outbound_sql as sql
 from gateway.dispatcher import SmscDispatcher
 from gateway.message import normalise_number
@@ -181,7 +182,8 @@ class Router:
             except Exception as exc:  # one row's values must not stop the batch (admission.py's rule)
                 del rows[row_id]
                 self.writer.settle(
-                    row_id, token, Status.REJECTED, reason=Reason.INVALID_ROW, detail=error_detail(exc)
+                    row_id, token, Status.REJECTED, reason=Reason.INVALID_ROW,
+                    detail=error_text(exc, DETAIL_CHARS),
                 )
                 continue
             if isinstance(choice, SmscDispatcher):
