@@ -46,6 +46,9 @@ CREATE INDEX webhook_delivery_done_idx ON webhook_delivery (delivered_at) WHERE 
 -- By id list, not "id >= first": a concurrent transaction's committed events may have higher ids.
 CREATE FUNCTION smsgw_webhook_fan_out(ids bigint[]) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
+    IF ids IS NULL THEN  -- the statement changed nothing an event reports
+        RETURN;
+    END IF;
     INSERT INTO webhook_delivery (event_id, endpoint, ordering_key)
     SELECT e.id, w.name, e.ordering_key
     FROM webhook_event e JOIN webhook_endpoint w
@@ -84,9 +87,7 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(id) INTO ids FROM ins;
-    IF ids IS NOT NULL THEN
-        PERFORM smsgw_webhook_fan_out(ids);
-    END IF;
+    PERFORM smsgw_webhook_fan_out(ids);
     RETURN NULL;
 END $$;
 CREATE TRIGGER webhook_message_events AFTER UPDATE ON outbound_message
@@ -115,9 +116,7 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(id) INTO ids FROM ins;
-    IF ids IS NOT NULL THEN
-        PERFORM smsgw_webhook_fan_out(ids);
-    END IF;
+    PERFORM smsgw_webhook_fan_out(ids);
     RETURN NULL;
 END $$;
 CREATE TRIGGER webhook_part_events AFTER UPDATE ON message_part
@@ -147,9 +146,7 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(id) INTO ids FROM ins;
-    IF ids IS NOT NULL THEN
-        PERFORM smsgw_webhook_fan_out(ids);
-    END IF;
+    PERFORM smsgw_webhook_fan_out(ids);
     RETURN NULL;
 END $$;
 CREATE TRIGGER webhook_mo_events AFTER INSERT ON inbound_message
@@ -177,9 +174,7 @@ BEGIN
         RETURNING id
     )
     SELECT array_agg(id) INTO ids FROM ins;
-    IF ids IS NOT NULL THEN
-        PERFORM smsgw_webhook_fan_out(ids);
-    END IF;
+    PERFORM smsgw_webhook_fan_out(ids);
     RETURN NULL;
 END $$;
 CREATE TRIGGER webhook_consent_events AFTER INSERT ON consent_event
