@@ -4,8 +4,8 @@ Rule of this module: the response to the SMSC is sent only after the writer has 
 PDU carried; a PDU we cannot parse is still stored (raw, in `inbound_message`) before it is acked,
 and one whose handling raises is stored in `quarantine` before it is acked, so nothing an SMSC sends is
 lost and nothing is left unanswered. Text values go through `gateway.clean` (here, or in the writer's
-`receipt()`), so no NUL reaches a text column. Every connection that delivers is put under the writer's flow
-control, so it stops reading while the writer is behind.
+`receipt()`), so no NUL reaches a text column. Back-pressure is not handled here: each bind's connection is put
+under the writer's flow control once bound (dispatcher.BindWorker), so it stops reading while the writer is behind.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import logging
 from collections.abc import Callable
 
 from gateway import metrics
-from gateway.clean import clean_text
+from gateway.clean import clean_text, error_text
 from gateway.results import ResultWriter
 from gateway.settings import SmscSettings
 from gateway.smpp.client import SmppConnection
@@ -37,7 +37,6 @@ class InboundHandler:
 
     def __call__(self, conn: SmppConnection, pdu: DeliverSm | DataSm) -> None:
         """Handle one deliver_sm / data_sm: stored (or quarantined) first, answered after the commit."""
-        self.writer.flow.register(conn)  # idempotent; paused at once when the writer is behind
         try:
             self._handle(conn, pdu)
         except Exception as exc:  # a bug or a value nobody foresaw: keep the PDU, answer it, go on
@@ -51,7 +50,7 @@ class InboundHandler:
                 **{f"tlv_{tag:04x}": value for tag, value in pdu.tlvs.items()},
             }
             kind = "receipt" if pdu.is_receipt else "mo_part"
-            self.writer.quarantine(kind, self.smsc_name, _payload(pdu), fields, f"{type(exc).__name__}: {exc}",
+            self.writer.quarantine(kind, self.smsc_name, _payload(pdu), fields, error_text(exc),
                                    lambda: conn.send_response(resp))
 
     def _handle(self, conn: SmppConnection, pdu: DeliverSm | DataSm) -> None:
