@@ -290,11 +290,8 @@ class Session:
         elif not self.is_bound:
             raise NotBoundError(f"cannot send {CommandId(cid).name.lower()} in state {self.state.value}")
         seq = self._sequence()
-        # Encode before recording: an encode error must leave no phantom pending request.
-        data = codec.encode(_with_sequence(pdu, seq))
-        self._out += data
-        sent = self._sent
-        sent[cid] = sent.get(cid, 0) + 1
+        # Emit (encode) before recording: an encode error must leave no phantom pending request.
+        self._emit(_with_sequence(pdu, seq))
         self._pending[seq] = _Pending(cid, now + self.response_timeout, context)
         if cid in _WINDOWED:
             self._windowed += 1
