@@ -376,11 +376,6 @@ DROP_STALE_INSTANCES = "DELETE FROM gateway_instance WHERE last_seen < now() - i
 
 LEAVE_INSTANCE = "DELETE FROM gateway_instance WHERE instance = $1"
 
-QUEUE_DEPTH = """
-SELECT status, count(*) FROM outbound_message
-WHERE status IN ('queued', 'claimed', 'submitted') GROUP BY status
-"""
-
 # Non-final rows by status and priority class (metrics.priority_class: reply >= 100, high > 0, normal), and the
 # earliest send_after of the queued rows (the oldest due row's wait is now - that). The minimum is found by a
 # loose index scan of the queue index (priority DESC, send_after, id): one probe per distinct priority, not a
