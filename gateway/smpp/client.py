@@ -132,10 +132,6 @@ class SmppConnection(asyncio.Protocol):
             # Not inline: the caller (the writer, running acks) must not re-enter the request handler.
             self._loop.call_soon(self._feed_held)
 
-    @property
-    def reading_paused(self) -> bool:
-        return self._read_paused
-
     # -- API -----------------------------------------------------------------------------------------
 
     @property

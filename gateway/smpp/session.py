@@ -215,10 +215,6 @@ class Session:
     def window_free(self) -> int:
         return max(0, self.window - self._windowed) if self.can_transmit else 0
 
-    @property
-    def timers_paused(self) -> bool:
-        return self._paused_at is not None
-
     def pause_timers(self, now: float) -> None:
         """Reading is paused by the caller: responses sit unread in the socket, so neither response timeouts
         nor the enquire_link keep-alive may run until `resume_timers`."""
