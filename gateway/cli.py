@@ -45,7 +45,15 @@ def main() -> None:
     default=None,
     help="json: one JSON object per line (default); text: human-readable lines. Overrides log_format.",
 )
-def run(config_path: Path | None, log_format: str | None) -> None:
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="gateway processes sharing this config: binds split between them, metrics on port+i (gateway/workers.py)",
+)
+@click.option("--skip-migrations", is_flag=True, hidden=True, help="a worker: the supervisor migrated already")
+def run(config_path: Path | None, log_format: str | None, workers: int, skip_migrations: bool) -> None:
     """Run the gateway daemon until SIGTERM / SIGINT."""
     import logging
 
@@ -62,11 +70,43 @@ def run(config_path: Path | None, log_format: str | None) -> None:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
+    if workers > 1:
+        sys.exit(_run_workers(settings, config_path, workers, log_format))
     try:
-        uvloop.run(run_gateway(settings))
+        uvloop.run(run_gateway(settings, apply_migrations=not skip_migrations))
     except Exception:  # e.g. the database unreachable at start: one log event (redacted), not a bare traceback
         logging.getLogger("gateway").critical("gateway failed", exc_info=True)
         sys.exit(1)
+
+
+def _run_workers(settings: Settings, config_path: Path | None, workers: int, log_format: str | None) -> int:
+    """Migrate once, then supervise `workers` gateway processes until SIGTERM / SIGINT."""
+    import logging
+
+    import asyncpg
+
+    from gateway.db.migrate import migrate as apply
+    from gateway.workers import Supervisor
+
+    try:
+        supervisor = Supervisor(settings, config_path, workers, log_format)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        return 2
+
+    async def go() -> int:
+        conn = await asyncpg.connect(settings.database.resolved_url(), timeout=30)
+        try:
+            await apply(conn)
+        finally:
+            await conn.close()
+        return await supervisor.run()
+
+    try:
+        return uvloop.run(go())
+    except Exception:
+        logging.getLogger("gateway").critical("gateway failed", exc_info=True)
+        return 1
 
 
 @main.command()
@@ -556,3 +596,7 @@ def check_config(config_path: Path | None, as_json: bool) -> None:
         if not problems:
             click.echo("config OK", err=True)
     sys.exit(EXIT_USAGE if problems else EXIT_OK)
+
+
+if __name__ == "__main__":
+    main()

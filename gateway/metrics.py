@@ -338,7 +338,9 @@ QUEUE_WAIT = _FastHistogramFamily(
     "smsgw_queue_wait_seconds",
     "enqueue -> submit: created_at of the row to its (last part's) submit_sm_resp, at mark time",
     ["smsc"],
-    (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400),
+    # Fine below 100 ms: the steady-rate benchmark's goal (p99 <= 25 ms) is read from these buckets.
+    (0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+     30, 60, 300, 900, 3600, 21600, 86400),
 )
 RECEIPT_LATENCY = _FastHistogramFamily(
     "smsgw_receipt_latency_seconds",
