@@ -10,7 +10,6 @@ runs: an unread response is not a late one, and resuming shifts every deadline b
 
 from __future__ import annotations
 
-import dataclasses
 import enum
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -233,9 +232,9 @@ class Session:
             p.deadline += shift
         self._last_received += shift  # the quiet time we caused is not the link's
 
-    def _emit(self, pdu: Pdu) -> None:
-        """Encode `pdu` onto the output (and count it)."""
-        self._out += codec.encode(pdu)
+    def _emit(self, pdu: Pdu, sequence_number: int | None = None) -> None:
+        """Encode `pdu` onto the output (and count it), numbered `sequence_number` when given."""
+        self._out += codec.encode(pdu, sequence_number)
         cid = pdu.command_id
         self._sent[cid] = self._sent.get(cid, 0) + 1
 
@@ -262,7 +261,7 @@ class Session:
         if not isinstance(pdu, BindTransmitter | BindReceiver | BindTransceiver):
             raise SessionError("not a bind PDU")
         seq = self._sequence()
-        self._emit(_with_sequence(pdu, seq))
+        self._emit(pdu, seq)
         self._pending[seq] = _Pending(pdu.command_id, now + self.bind_timeout, None)
         self._bind_seq = seq
         self._last_received = now
@@ -287,7 +286,7 @@ class Session:
             raise NotBoundError(f"cannot send {CommandId(cid).name.lower()} in state {self.state.value}")
         seq = self._sequence()
         # Emit (encode) before recording: an encode error must leave no phantom pending request.
-        self._emit(_with_sequence(pdu, seq))
+        self._emit(pdu, seq)
         self._pending[seq] = _Pending(cid, now + self.response_timeout, context)
         if cid in _WINDOWED:
             self._windowed += 1
@@ -371,7 +370,8 @@ class Session:
 
     def _handle_pdu(self, pdu: Pdu, now: float, events: list[Event]) -> None:
         if isinstance(pdu, UnknownPdu):
-            if not pdu.is_response:
+            # alert_notification has no response PDU and is never answered (spec §4.12.1): a nack would be a lie.
+            if not pdu.is_response and pdu.raw_command_id != CommandId.ALERT_NOTIFICATION:
                 self._emit(
                     GenericNack(sequence_number=pdu.sequence_number, command_status=Status.RINVCMDID)
                 )
@@ -520,7 +520,3 @@ class Session:
             self._pending[seq] = _Pending(CommandId.ENQUIRE_LINK, now + self.response_timeout, None)
             self._enquire_seq = seq
         return events
-
-
-def _with_sequence(pdu: Pdu, seq: int) -> Pdu:
-    return dataclasses.replace(pdu, sequence_number=seq)
