@@ -53,6 +53,9 @@ class Router:
         self.pool = pool
         self.writer = writer
         self._wake = asyncio.Event()
+        # Counts wake-ups: one that arrives while a claim is in flight must not be forgotten when that claim
+        # then comes back short (the rows it announces were inserted after the claim's snapshot).
+        self._wakes = 0
         self._queue_maybe_empty = False
         self._tokens = itertools.count(1)
         self._task: asyncio.Task[None] | None = None
@@ -63,6 +66,7 @@ class Router:
 
     def wake(self) -> None:
         """Rows may be waiting (NOTIFY), a bind came up, or a dispatcher has room again."""
+        self._wakes += 1
         self._queue_maybe_empty = False
         self._wake.set()
 
@@ -98,6 +102,7 @@ class Router:
             rows: list[tuple[str, asyncpg.Record]] = []
             unhanded: dict[int, tuple[str, asyncpg.Record]] = {}
             placed = 0
+            wakes_before = self._wakes
             try:
                 lease_until = loop.time() + self.settings.lease_seconds  # before the claim: conservative
                 rows = await self._claim(want, self.blocked_rules())
@@ -114,10 +119,11 @@ class Router:
                 backoff = min(backoff * 2, 5.0)
                 continue
             backoff = 0.1
-            if len(rows) < want or (rows and not placed):
+            if (len(rows) < want or (rows and not placed)) and self._wakes == wakes_before:
                 # Fewer rows than wanted: the queue is drained for now. None placed: every row claimed was for
                 # a full SMSC (handed back to wait); claim again when a buffer makes room (wake) or at the
-                # poll, rather than walking the whole backlog of that SMSC now.
+                # poll, rather than walking the whole backlog of that SMSC now. A wake-up during the claim
+                # (NOTIFY of rows committed after its snapshot) means: claim again at once.
                 self._queue_maybe_empty = True
 
     def _give_back(self, rows: dict[int, tuple[str, asyncpg.Record]], reason: str) -> None:
