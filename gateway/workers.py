@@ -113,7 +113,9 @@ class Supervisor:
             if self._stop.is_set():
                 stop.cancel()
                 try:
-                    return await asyncio.wait_for(wait, stop_grace)
+                    code = await asyncio.wait_for(wait, stop_grace)
+                    # A worker still starting (no signal handler yet) ends by the signal itself: nothing to drain.
+                    return 0 if code == -signal.SIGTERM else code
                 except TimeoutError:
                     log.error("worker did not stop in time; killed", extra={"worker": w.index})
                     w.process.kill()
