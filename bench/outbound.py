@@ -148,6 +148,19 @@ def cores(a: Sample, b: Sample) -> dict[str, float]:
     }
 
 
+def cpu_per_message(a: Sample, b: Sample) -> dict[str, float] | None:
+    """CPU microseconds each part spent per row finished between two samples: less sensitive to a busy machine
+    than msg/s (a process waiting for a core uses no CPU), so builds compare better by it."""
+    done = b.final - a.final
+    if done <= 0:
+        return None
+    return {
+        "gateway": round((b.gateway - a.gateway) / done * 1e6, 1),
+        "postgres": round((b.postgres - a.postgres) / done * 1e6, 1),
+        "simulator": round((b.simulator - a.simulator) / done * 1e6, 1),
+    }
+
+
 def steady_window(samples: list[Sample], total: int) -> tuple[Sample, Sample] | None:
     """The first sample with >= 10 % of the rows final and the last with <= 90 %."""
     lo = next((s for s in samples if s.final >= 0.1 * total), None)
@@ -341,6 +354,7 @@ async def main() -> int:
         whole = cores(samples[0], samples[-1])
         window = steady_window(samples, inserted)
         steady_cores = cores(*window) if window else None
+        per_message = cpu_per_message(*window) if window else None
         steady_rate = (round((window[1].final - window[0].final) / (window[1].at - window[0].at), 1)
                        if window else None)
         result = {
@@ -368,6 +382,7 @@ async def main() -> int:
             "enqueue_to_submit_recorded_p99_ms": ms(row["q99"], 1),
             "cpu_cores_whole_run": whole,
             "cpu_cores_steady": steady_cores,
+            "cpu_us_per_msg_steady": per_message,
             "gateway_peak_rss_mb": round(max(s.rss for s in samples) / 2**20, 1),
             "enqueue_copy_rows_per_s": round(args.messages / enqueue_s) if enqueue_s else None,
             "gateway_exit_code": gw_exit,
@@ -390,6 +405,7 @@ async def main() -> int:
               f"{result['queue_wait_p99_ms']}/{result['queue_wait_p999_ms']} ms;"
               f" submit rtt p50/p99 {result['submit_rtt_p50_ms']}/{result['submit_rtt_p99_ms']} ms")
         print(f"cpu cores, whole run: {whole}; steady part: {steady_cores}")
+        print(f"cpu per message (steady part, microseconds): {per_message}")
         print(f"gateway peak rss {result['gateway_peak_rss_mb']} MB (all processes)")
         print(f"statuses {statuses}; every row final: {not_final == 0} ({not_final} not final),"
               f" receipts recorded {delivered_with_receipt}, parked {parked}")
