@@ -2,6 +2,9 @@
 #   docker build -t smsgw .
 #   docker run -e SMSGW_DATABASE__URL=... -e SMSGW_SMSC__CARRIER_A__PASSWORD=... \
 #              -v $PWD/config/gateway.toml:/etc/smsgw/gateway.toml:ro smsgw
+# The HTTP server (/metrics, /healthz, /readyz, status page) listens on 127.0.0.1 inside the container, which the
+# HEALTHCHECK reaches but nothing outside does. To publish it, opt in explicitly:
+#   docker run -e SMSGW_METRICS__HOST=0.0.0.0 -p 127.0.0.1:9464:9464 ... smsgw
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

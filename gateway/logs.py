@@ -12,8 +12,8 @@ Every record passes through one redaction step in the formatter (records themsel
   number-bearing key (`msisdn=...`, `source_addr='...'`, `Key (msisdn)=(...)`); message ids and counts are
   left alone;
 - secrets always: fields named like a password / secret / token are replaced by `***`, and credentials in URLs
-  (`postgresql://user:***@host`) and `password=...` in text are masked. Secrets are also never passed to the
-  loggers in the first place; this is the safety net.
+  (`postgresql://user:***@host`, `?token=***`), `password=...` and webhook secrets (`whsec_***`) in text are
+  masked. Secrets are also never passed to the loggers in the first place; this is the safety net.
 """
 
 from __future__ import annotations
@@ -68,6 +68,13 @@ _KEYED_NUMBER = re.compile(
 )
 _URL_CREDENTIALS = re.compile(r"\b([a-z][a-z0-9+.-]*://[^\s:/@]*:)[^\s@/]+@", re.IGNORECASE)
 _PASSWORD_IN_TEXT = re.compile(r"\b(password|passwd|pwd)(\s*[=:]\s*)('[^']*'|\"[^\"]*\"|[^\s,;&)]+)", re.IGNORECASE)
+# A credential in a URL's query (a webhook URL `...?token=...`, `&api_key=...`, `&sig=...`), quoted by an error.
+_QUERY_SECRET = re.compile(
+    r"([?&][\w.-]*(?:token|secret|key|sig|password|passwd|pwd|auth|credential)[\w.-]*=)[^&#\s'\"]+",
+    re.IGNORECASE,
+)
+# A Standard Webhooks signing secret, wherever it appears.
+_WEBHOOK_SECRET = re.compile(r"\bwhsec_[A-Za-z0-9+/=_-]+")
 
 
 def mask_digits(digits: str) -> str:
@@ -87,7 +94,10 @@ def mask_numbers_in_text(text: str) -> str:
 
 
 def mask_secrets_in_text(text: str) -> str:
+    """Credentials in URLs (authority and secret-named query parameters), `password=...`, webhook secrets."""
     text = _URL_CREDENTIALS.sub(r"\1***@", text)
+    text = _QUERY_SECRET.sub(r"\1***", text)
+    text = _WEBHOOK_SECRET.sub("whsec_***", text)
     return _PASSWORD_IN_TEXT.sub(r"\1\2***", text)
 
 

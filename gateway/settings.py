@@ -76,7 +76,11 @@ class SmscSettings(_Model):
     reconnect_min: float = Field(1.0, gt=0)
     reconnect_max: float = Field(60.0, gt=0)
     tls: bool = False
-    tls_ca_file: Path | None = None
+    tls_ca_file: Path | None = Field(None, description="CA bundle (PEM) to verify the SMSC; None = the system's")
+    tls_verify: bool = Field(
+        True,
+        description="verify the SMSC's certificate chain and host name; false turns both off (a warning at start)",
+    )
     source_ton: int | None = Field(None, ge=0, le=255, description="None: 3 for short codes, 5 alphanumeric, 1 else")
     source_npi: int | None = Field(None, ge=0, le=255)
     dest_ton: int = Field(1, ge=0, le=255)
@@ -159,15 +163,49 @@ class RouteSettings(_Model):
         return list(zip(self.smsc, self.weights or [1.0] * len(self.smsc), strict=True))
 
 
+def check_database_url(url: str, key: str = "") -> str:
+    """`url` when it is a postgresql:// URL asyncpg can read; else ValueError (naming `key` when given).
+
+    The message never quotes the URL or a part of it: a password with an unescaped '/', '#' or '?' splits the URL
+    so that a fragment of the password lands where the port or host should be, and errors quoting those leak it.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        problem = "not a valid URL (percent-encode '@', ':', '/', '?', '#' and '%' in the user and password)"
+    else:
+        if parts.scheme in ("postgresql", "postgres"):
+            return url
+        problem = "must start with postgresql:// (or postgres://)"
+    raise ValueError(f"{key}: {problem}" if key else problem)
+
+
 class DatabaseSettings(_Model):
     url: SecretStr | None = None
     url_file: Path | None = None
     pool_size: int = Field(4, ge=2, le=64)
 
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_database_url(value.get_secret_value())
+        return value
+
     def resolved_url(self) -> str:
-        """The database URL, read from `url_file` when given."""
+        """The database URL, read from `url_file` when given.
+
+        Raises:
+            ConfigError: not set, or not a postgresql:// URL (the message never quotes it).
+            OSError: `url_file` cannot be read.
+        """
         if self.url_file is not None:
-            return self.url_file.read_text().strip()
+            url = self.url_file.read_text().strip()
+            try:
+                return check_database_url(url, "database.url_file")
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.url is None:
             raise ConfigError("database.url: not set (or SMSGW_DATABASE__URL, or database.url_file)")
         return self.url.get_secret_value()
@@ -256,6 +294,20 @@ class MetricsSettings(_Model):
 WebhookEventType = Literal["message.submitted", "message.final", "message.part_final", "mo.received", "consent.changed"]
 
 
+def redact_url(url: str) -> str:
+    """`url` with the password of its authority and every query value replaced by `***` (for display)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if parts.password is not None:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.partition(':')[0]}:***@{host}"
+    query = "&".join(f"{pair.partition('=')[0]}=***" for pair in parts.query.split("&")) if parts.query else ""
+    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment and "***"))
+
+
 def _webhook_secret(value: str, key: str) -> bytes:
     """The HMAC key of a Standard Webhooks secret `whsec_<base64>` (the error never repeats the value)."""
     if not value.startswith("whsec_"):
@@ -286,6 +338,12 @@ class WebhookEndpointSettings(_Model):
     timeout: float = Field(10.0, gt=0, le=300, description="seconds for one POST, connect to answer")
     concurrency: int = Field(8, ge=1, le=256, description="POSTs in flight at once")
     enabled: bool = True
+
+    def __repr_args__(self) -> Any:
+        # repr() / str() of the settings (tracebacks, debuggers, logs of a settings object) never show credentials
+        # a URL may carry; the value itself stays as written, for the sender.
+        for name, value in super().__repr_args__():
+            yield name, (redact_url(value) if name == "url" and isinstance(value, str) else value)
 
     @field_validator("url")
     @classmethod

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway.message import _e164_fast, _LETTER, normalise_number
+from gateway.message import _LETTER, _e164_fast, normalise_number
 
 
 def _slow(text: str, region: str = "US") -> str | None:

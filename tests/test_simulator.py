@@ -547,7 +547,7 @@ class _ReadyLog(logging.Handler):
         self.ready = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.text.append(record.getMessage())
+        self.text.append(f"{record.getMessage()} {vars(record)!r}")  # the extra fields too
         if record.getMessage().startswith("SMSC simulator ready"):
             self.port = record.port  # type: ignore[attr-defined]
             self.ready.set()
@@ -577,7 +577,8 @@ async def test_serve_runs_until_stop_is_set() -> None:
         await asyncio.wait_for(task, 3.0)
         logger.removeHandler(handler)
         logger.setLevel(level)
-    assert not any("s3cret" in line or "wrong" in line for line in handler.text)
+    # The passwords this test used (the account's and the wrong one), in any record's text or extra fields.
+    assert not any("pw-s3crt" in line or "wrong" in line for line in handler.text), handler.text
 
 
 def test_runs_under_uvloop() -> None:

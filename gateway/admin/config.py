@@ -19,11 +19,19 @@ MASK: Final = "********"
 _SECRET_KEY = re.compile(r"password|secret|token|api_key", re.IGNORECASE)
 _URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _PARAM_PASSWORD = re.compile(r"((?:^|[?&\s])password=)[^&\s]*", re.IGNORECASE)
+# Every query value of a URL that is not the database's (a webhook URL may carry `?token=...`, or any name).
+_QUERY_VALUE = re.compile(r"([?&][^=&#\s]*=)[^&#\s]*")
 
 
 def mask_url(url: str) -> str:
     """The database URL with its password replaced, whether in the authority or as a parameter."""
     return _PARAM_PASSWORD.sub(lambda m: m.group(1) + MASK, _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", url))
+
+
+def mask_other_url(url: str) -> str:
+    """Any other URL (webhook endpoints): the password in the authority and every query value replaced (which
+    query parameter holds a credential is the receiver's choice: `?token=`, `?key=`, `?sig=`...)."""
+    return _QUERY_VALUE.sub(lambda m: m.group(1) + MASK, _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + "@", url))
 
 
 def _mask(value: Any, key: str = "") -> Any:
@@ -35,6 +43,8 @@ def _mask(value: Any, key: str = "") -> Any:
         return MASK
     if value is not None and _SECRET_KEY.search(key) and not key.endswith("_file"):
         return MASK
+    if isinstance(value, str) and "://" in value:
+        return mask_other_url(value)
     return value
 
 

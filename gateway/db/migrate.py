@@ -4,13 +4,22 @@ Each migration runs once, in its own transaction together with its row in ``sche
 session-level advisory lock makes concurrent instances take turns, so two gateways starting at once against
 an empty database cannot both apply the same file. Never edit a migration that has landed: add a new file.
 A migration cannot use statements that refuse to run in a transaction (``CREATE INDEX CONCURRENTLY``).
+
+Migrations run as the role that owns the schema. The daemon calls :func:`migrate` at start too, usually as the
+least-privileged gateway role (0009): when nothing is missing that costs it two reads and no DDL, so it needs no
+CREATE privilege; when something is missing it fails with a message saying who must migrate.
+
+Role names of 0009 come from the custom settings ``smsgw.producer_role``, ``smsgw.gateway_role`` and
+``smsgw.reporting_role`` (``ALTER DATABASE ... SET``, or ``?smsgw.gateway_role=...`` in the owner's URL), or
+from ``migrate(conn, roles={"gateway": ...})``, which sets them for each migration's transaction. They are
+passed as values and quoted by the migration itself (``format('%I')``), never pasted into SQL here.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
@@ -18,7 +27,7 @@ from typing import Final
 
 import asyncpg
 
-__all__ = ["MIGRATION_LOCK_KEY", "Migration", "MigrationError", "load_migrations", "migrate"]
+__all__ = ["DEFAULT_ROLES", "MIGRATION_LOCK_KEY", "Migration", "MigrationError", "load_migrations", "migrate"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +37,17 @@ MIGRATION_LOCK_KEY: Final = 0x736D_7367_775F_6D67
 _FILE_NAME: Final = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
 _PACKAGE: Final = "gateway.db"
 _FOLDER: Final = "migrations"
+
+# The least-privilege roles of 0009 (role kind -> default name); each name can be set with the custom setting
+# smsgw.<kind>_role or migrate(roles=...).
+DEFAULT_ROLES: Final = {"producer": "smsgw_producer", "gateway": "smsgw_gateway", "reporting": "smsgw_reporting"}
+# Postgres truncates longer identifiers (NAMEDATALEN - 1 bytes), which would silently create another role.
+_MAX_IDENTIFIER_BYTES: Final = 63
+
+_OWNER_HINT: Final = (
+    "migrations must run as the role that owns the schema (smsgw migrate with the owner's database URL), "
+    "not as the least-privileged gateway role"
+)
 
 _CREATE_TABLE: Final = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -82,6 +102,7 @@ async def migrate(
     *,
     lock_timeout: float = 60.0,
     migrations: Sequence[Migration] | None = None,
+    roles: Mapping[str, str] | None = None,
 ) -> list[str]:
     """Apply the missing migrations on ``conn``'s database and return their names, in order.
 
@@ -89,8 +110,11 @@ async def migrate(
     lock another instance holds while it migrates, and the table locks a migration needs while live traffic
     holds them), then raises :class:`MigrationError`. ``conn`` must not be inside a transaction, because
     every migration commits on its own. ``migrations`` defaults to :func:`load_migrations` (tests pass their
-    own). A failing migration raises :class:`MigrationError`; it and the later ones are not recorded.
+    own). ``roles`` names the roles of 0009 by kind (``{"gateway": "acme_gw"}``; keys of
+    :data:`DEFAULT_ROLES`); unnamed kinds use the session's ``smsgw.<kind>_role`` setting, else the default.
+    A failing migration raises :class:`MigrationError`; it and the later ones are not recorded.
     """
+    role_settings = _role_settings(roles)
     if conn.is_in_transaction():
         raise MigrationError("migrate() needs a connection outside a transaction (each migration commits)")
     if migrations is None:
@@ -108,7 +132,7 @@ async def migrate(
                 f"another instance held the migration lock for more than {lock_timeout:g}s"
             ) from exc
         try:
-            return await _apply_missing(conn, migrations)
+            return await _apply_missing(conn, migrations, role_settings)
         finally:
             # A dead connection has released its session locks already; do not mask the original error.
             if not conn.is_closed():
@@ -118,10 +142,34 @@ async def migrate(
             await conn.execute("SELECT set_config('lock_timeout', $1, false)", previous_lock_timeout)
 
 
-async def _apply_missing(conn: asyncpg.Connection, migrations: Sequence[Migration]) -> list[str]:
+def _role_settings(roles: Mapping[str, str] | None) -> dict[str, str]:
+    """``roles`` as custom settings (``smsgw.gateway_role`` -> name), checked.
+
+    Raises:
+        MigrationError: an unknown kind, or a name Postgres would not keep as written.
+    """
+    out: dict[str, str] = {}
+    for kind, name in (roles or {}).items():
+        if kind not in DEFAULT_ROLES:
+            raise MigrationError(f"unknown role kind {kind!r} (expected one of {sorted(DEFAULT_ROLES)})")
+        if not name or len(name.encode()) > _MAX_IDENTIFIER_BYTES or "\x00" in name:
+            raise MigrationError(f"role name for {kind} must be 1-{_MAX_IDENTIFIER_BYTES} bytes without NUL")
+        out[f"smsgw.{kind}_role"] = name
+    return out
+
+
+async def _apply_missing(
+    conn: asyncpg.Connection, migrations: Sequence[Migration], role_settings: Mapping[str, str]
+) -> list[str]:
     """Apply what schema_migrations does not list yet; the caller holds the advisory lock."""
-    # Under the lock: concurrent CREATE TABLE IF NOT EXISTS can still collide in the catalogue.
-    await conn.execute(_CREATE_TABLE)
+    # Only when missing: CREATE TABLE IF NOT EXISTS checks the CREATE privilege on the schema before it looks,
+    # and the daemon migrates at start as a role that has none. Under the lock: concurrent creations could
+    # still collide in the catalogue.
+    if await conn.fetchval("SELECT to_regclass('schema_migrations') IS NULL"):
+        try:
+            await conn.execute(_CREATE_TABLE)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MigrationError(f"cannot create schema_migrations: {exc}; {_OWNER_HINT}") from exc
     applied: dict[int, str] = {
         row["version"]: row["name"] for row in await conn.fetch("SELECT version, name FROM schema_migrations")
     }
@@ -146,12 +194,17 @@ async def _apply_missing(conn: asyncpg.Connection, migrations: Sequence[Migratio
         log.info("applying migration %s", migration.name, extra={"migration": migration.name})
         try:
             async with conn.transaction():
+                for key, value in role_settings.items():
+                    # Transaction-local (is_local = true): gone with the commit, never seen by other statements.
+                    await conn.execute("SELECT set_config($1, $2, true)", key, value)
                 await conn.execute(migration.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                     migration.version,
                     migration.name,
                 )
+        except asyncpg.InsufficientPrivilegeError as exc:
+            raise MigrationError(f"migration {migration.name} failed: {exc}; {_OWNER_HINT}") from exc
         except asyncpg.PostgresError as exc:
             raise MigrationError(f"migration {migration.name} failed: {exc}") from exc
         done.append(migration.name)

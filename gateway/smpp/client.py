@@ -12,6 +12,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, cast
 
 from gateway.smpp import session as s
@@ -30,6 +31,33 @@ class ConnectionClosedError(s.SessionError):
 
 class RequestTimeoutError(s.SessionError):
     """No response within the response timeout (the request may have reached the SMSC)."""
+
+
+class TlsVerificationError(ssl.SSLCertVerificationError):
+    """The SMSC's TLS certificate could not be verified (chain or host name): no session is started.
+
+    An OSError (through ssl.SSLError), like every other failure to reach an SMSC, so the bind loop retries it
+    with back-off; the message says what failed and which setting fixes it.
+    """
+
+    def __str__(self) -> str:  # ssl.SSLError would print the args tuple
+        return str(self.args[0]) if self.args else "TLS certificate verification failed"
+
+
+def tls_context(ca_file: Path | None = None, *, verify: bool = True, smsc: str = "") -> ssl.SSLContext:
+    """The client TLS context for an SMSC: the chain verified against `ca_file` (or the system's CAs) and the
+    host name checked, TLS 1.2 at least. `verify=False` turns both checks off and logs a warning (once per call,
+    i.e. once per SMSC at start): anyone on the path can then read and change the traffic, passwords included."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca_file) if ca_file else None)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if not verify:
+        context.check_hostname = False  # must go before verify_mode: CERT_NONE is refused while it is on
+        context.verify_mode = ssl.CERT_NONE
+        log.warning(
+            "TLS certificate verification is OFF for this SMSC (tls_verify = false): the link can be intercepted",
+            extra={"smsc": smsc},
+        )
+    return context
 
 
 class BindError(s.SessionError):
@@ -351,16 +379,26 @@ async def connect(
     """Open a TCP (or TLS) connection to an SMSC; the session is not bound yet.
 
     Raises:
-        OSError, TimeoutError: the SMSC is unreachable.
+        TlsVerificationError: the SMSC's certificate failed verification (names the reason and the fix).
+        OSError, TimeoutError: the SMSC is unreachable (the TLS handshake counts against `timeout` too).
     """
     loop = asyncio.get_running_loop()
-    _, proto = await asyncio.wait_for(
-        loop.create_connection(
-            lambda: SmppConnection(session, name=name, on_request=on_request, on_close=on_close, on_window=on_window),
-            host,
-            port,
-            ssl=ssl_context,
-        ),
-        timeout,
-    )
+    try:
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(
+                lambda: SmppConnection(
+                    session, name=name, on_request=on_request, on_close=on_close, on_window=on_window
+                ),
+                host,
+                port,
+                ssl=ssl_context,
+            ),
+            timeout,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        reason = exc.verify_message or exc.reason or str(exc)
+        raise TlsVerificationError(
+            f"TLS certificate verification failed for {host}:{port}: {reason} (trust the SMSC's CA with"
+            " tls_ca_file; tls_verify = false turns verification off)"
+        ) from exc
     return proto
