@@ -47,6 +47,8 @@ class Gateway:
         self.mo_processor: MoProcessor | None = None
         self.router: Router | None = None
         self._tasks: list[asyncio.Task[Any]] = []
+        # Membership and rate share (gateway/rate_share.py); ended apart from the others, before deregistering.
+        self._heartbeat: asyncio.Task[None] | None = None
         self._http: HttpServer | None = None  # /metrics, /healthz, /readyz and the status page
         self.consent_watch: ConsentWatch | None = None
         self._listener_ready = asyncio.Event()
@@ -105,10 +107,22 @@ class Gateway:
             await asyncio.wait_for(self._listener_ready.wait(), 10)
         except TimeoutError:
             log.warning("notify listener not connected yet; rows wait in the queue until it is")
+        # Register before sending (gateway/rate_share.py): the first heartbeat writes this instance's row and takes
+        # its grant of each account's rate from what the other instances leave free. Until a heartbeat succeeds
+        # the account buckets stay closed; the heartbeat loop keeps trying.
+        try:
+            async with asyncio.timeout(10):
+                await maintenance.heartbeat(self.pool, d, self.dispatchers)
+        except Exception as exc:
+            log.warning("first heartbeat failed; not sending until one succeeds",
+                        extra={"error": f"{type(exc).__name__}: {exc}"})
+        self._heartbeat = asyncio.create_task(
+            maintenance.run_heartbeat(self.pool, d, self.dispatchers), name="heartbeat"
+        )
         for disp in self.dispatchers:
             disp.start()
         self.router.start()
-        upkeep = maintenance.run_forever(self.pool, d, self.dispatchers, s.webhooks)
+        upkeep = maintenance.run_forever(self.pool, d, s.webhooks)
         self._tasks.append(asyncio.create_task(upkeep, name="maintenance"))
         # Event-loop lag (every 0.25 s), pool in use and windows in use (every second): gateway/metrics.py.
         sampler = metrics.run_sampler(
@@ -182,6 +196,9 @@ class Gateway:
             await self.router.stop()
         for disp in self.dispatchers:
             disp.stop_sending()
+        # Nothing is sent from here on: hand this instance's share of the account rates to the others now rather
+        # than after the drain (they take it at their next heartbeat).
+        await self._leave()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         # A bounded poll: in-flight counts live in several sessions and change from their callbacks.
@@ -211,25 +228,37 @@ class Gateway:
         await asyncio.gather(*(sender.stop(timeout) for sender in self.webhook_senders), return_exceptions=True)
         self.webhook_senders = []
         if self.pool is not None:
-            try:  # the other instances take over this one's share of the account rates at once
-                await self.pool.execute(sql.LEAVE_INSTANCE, self.settings.dispatcher.instance, timeout=5)
-            except Exception as exc:
-                log.warning("could not deregister instance", extra={"error": str(exc)})
             await asyncio.wait_for(self.pool.close(), timeout)
         if self._http is not None:
             await self._http.stop()
             self._http = None
         log.info("stopped")
 
+    async def _leave(self) -> None:
+        """Stop the heartbeat (it would register this instance again), then delete its rows: the other instances
+        take its grants at their next heartbeat. Only once nothing is sent any more (rate_share.py)."""
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+            self._heartbeat = None
+        for disp in self.dispatchers:
+            disp.account_bucket.close()  # the senders have stopped; this keeps it so whatever a bind still does
+        if self.pool is None:
+            return
+        try:
+            await self.pool.execute(sql.LEAVE_INSTANCE, self.settings.dispatcher.instance, timeout=5)
+        except Exception as exc:  # the row goes stale instead: the others wait that long for its share
+            log.warning("could not deregister instance", extra={"error": str(exc)})
 
-async def run_gateway(settings: Settings, stop: asyncio.Event | None = None) -> None:
+
+async def run_gateway(settings: Settings, stop: asyncio.Event | None = None, *, apply_migrations: bool = True) -> None:
     """Run until SIGTERM / SIGINT (or `stop` is set), then shut down gracefully."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     gw = Gateway(settings)
-    await gw.start()
+    await gw.start(apply_migrations=apply_migrations)
     try:
         await stop.wait()
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 import ssl
 import time
@@ -26,12 +27,13 @@ from gateway.admission import Admission
 from gateway.clean import clean_text
 from gateway.error_policy import ErrorPolicy
 from gateway.inbound import InboundHandler
+from gateway.rate_share import Share
 from gateway.response_outcome import Action, GroupOutcome, Outcome, response_outcome, settle_failure
 from gateway.results import ResultWriter
 from gateway.send_buffer import RENEW_EVERY, Item, SendBuffer, buffer_cap
 from gateway.settings import DispatcherSettings, SmscSettings
 from gateway.smpp import session as smpp_session
-from gateway.smpp.client import BindError, ConnectionClosedError, SmppConnection, connect
+from gateway.smpp.client import BindError, ConnectionClosedError, SmppConnection, connect, tls_context
 from gateway.smpp.codec import PduEncodeError
 from gateway.smpp.pdu import (
     BindReceiver,
@@ -292,11 +294,20 @@ class SmscDispatcher:
         self.inbound = InboundHandler(name, smsc, writer)
         self.admission = Admission(name, smsc, settings, pool, writer)
         self.buffer = SendBuffer(settings.lease_seconds, self._give_back)
-        self.ssl_context = ssl.create_default_context(cafile=smsc.tls_ca_file) if smsc.tls else None
+        self.ssl_context: ssl.SSLContext | None = (
+            tls_context(smsc.tls_ca_file, verify=smsc.tls_verify, smsc=name) if smsc.tls else None
+        )
+        # Live instances the account rate is split between, once this one's share is settled (rate_share.py).
         self.instances = 1
         self.policy = ErrorPolicy.from_config(smsc.error_classes)
         self.adaptive = AdaptiveRate(smsc.tps)
         self.account_bucket = TokenBucket(smsc.tps, smsc.burst, catch_up=PACING_CATCH_UP)
+        # This instance's grant of the account rate and until when (loop time) it holds (gateway/rate_share.py):
+        # none before the first heartbeat, so nothing is sent before the other instances can know of this one.
+        self.rate_grant = 0.0
+        self._grant_valid_until = -math.inf
+        if smsc.tps:
+            self.account_bucket.close()
         metrics.EFFECTIVE_RATE.labels(name).set(smsc.tps)
         metrics.CONFIGURED_RATE.labels(name, "account").set(smsc.tps)
         metrics.CONFIGURED_RATE.labels(name, "bind").set(smsc.bind_tps)
@@ -539,21 +550,41 @@ class SmscDispatcher:
                      bind=bind.name, smsc=self.name)
 
     def _apply_rate(self, now: float) -> None:
-        self.account_bucket.set_rate(self.adaptive.rate, now)
-        metrics.EFFECTIVE_RATE.labels(self.name).set(self.adaptive.rate)
+        """The account bucket runs at the adaptive rate, below this instance's grant when the account has a rate;
+        closed without a grant, and once the grant's fence has passed (gateway/rate_share.py)."""
+        rate = self.adaptive.rate
+        if self.smsc.tps:
+            rate = min(rate, self.rate_grant)
+            if rate <= 0:
+                self.account_bucket.close()  # a bucket rate of 0 would mean "no limit"
+            else:
+                self.account_bucket.set_rate(rate, now)
+                self.account_bucket.open(self._grant_valid_until, now)
+        else:
+            self.account_bucket.set_rate(rate, now)
+        metrics.EFFECTIVE_RATE.labels(self.name).set(rate)
 
-    def set_instances(self, live: int) -> None:
-        """Split the account rate between the live gateway instances serving this SMSC."""
-        live = max(1, live)
-        if live == self.instances or not self.smsc.tps:
-            return
-        self.instances = live
-        now = asyncio.get_running_loop().time()
-        share = self.smsc.tps / live
-        self.adaptive.ceiling = share
-        self.adaptive.rate = min(self.adaptive.rate or share, share)
-        self._apply_rate(now)
-        log.info("account rate split", extra={"smsc": self.name, "instances": live, "rate": share})
+    def set_rate_share(self, share: Share, valid_until: float | None) -> None:
+        """Apply this instance's grant of the account rate (gateway/rate_share.py). `valid_until` (loop time)
+        renews the grant's fence after a committed heartbeat; None keeps it (a lower grant applied before the
+        heartbeat commits)."""
+        if not self.smsc.tps:
+            return  # no account rate: nothing to split, nothing to fence
+        if valid_until is not None:
+            self._grant_valid_until = valid_until
+        old, grant = self.rate_grant, share.rate
+        self.rate_grant = grant
+        if grant > 0:
+            # The split is not congestion: a rate held down only by the old grant follows the new one at once;
+            # a rate lowered by throttling stays where it is and climbs back by AIMD, up to the grant.
+            self.adaptive.rate = grant if self.adaptive.rate >= old else min(self.adaptive.rate, grant)
+            self.adaptive.ceiling = grant
+        if share.settled:
+            self.instances = share.members
+        self._apply_rate(asyncio.get_running_loop().time())
+        if grant != old:
+            log.info("account rate share", extra={"smsc": self.name, "rate": grant, "instances": share.members,
+                                                  "reason": share.reason.value})
 
     # -- shutdown ------------------------------------------------------------------------------------
 

@@ -1,8 +1,10 @@
 """Periodic queue hygiene, run by every instance: lease reaper, expiry, parked-receipt sweeper, depth gauge;
-webhook outbox pruning and backlog gauges.
+webhook outbox pruning and backlog gauges. And the heartbeat, in a faster loop of its own: this instance's row
+per SMSC, and its grant of each account's rate (gateway/rate_share.py).
 
 Rule of this module: each statement is a single set-based UPDATE/DELETE in its own short transaction;
-running it on several instances at once is harmless.
+running it on several instances at once is harmless. The heartbeat is the exception: read, decide and write in
+one short transaction under an advisory lock, so that the instances take turns deciding their grants.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from gateway import metrics, receipt_ids
+from gateway import metrics, rate_share, receipt_ids
 from gateway.db import outbound_sql as sql
 from gateway.settings import DispatcherSettings
 from gateway.webhooks import ops_sql
@@ -25,30 +27,92 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Per statement of a heartbeat (and the pool checkout); the whole pass is bounded by the grants' fence.
+_BEAT_TIMEOUT_S = 5.0
+# While the heartbeat keeps failing, warn at the first failure and then every this many passes (~10 s).
+_WARN_EVERY = 20
 
-async def heartbeat(pool: asyncpg.Pool, settings: DispatcherSettings, dispatchers: Sequence[SmscDispatcher]) -> None:
-    """Record this instance as live and split each account's rate by the live instances serving it."""
+
+def stale_after(settings: DispatcherSettings) -> float:
+    """Seconds without a heartbeat after which an instance counts as gone (its grant is re-used)."""
+    return 3 * settings.maintenance_interval + 5
+
+
+async def heartbeat(
+    pool: asyncpg.Pool, settings: DispatcherSettings, dispatchers: Sequence[SmscDispatcher]
+) -> list[rate_share.Share]:
+    """Record this instance as live and decide its grant of each account's rate (gateway/rate_share.py): under
+    the rate-share lock, read the other instances' rows, apply a lower grant before the commit, write the row,
+    apply a higher one after it. Returns the shares, in the order of `dispatchers`."""
     if not dispatchers:
-        return
+        return []
     names = [d.name for d in dispatchers]
-    stale_after = 3 * settings.maintenance_interval + 5
-    # Binds, rates and the last bind error ride along, for the status page and `smsgw status` (ops_status.py).
-    rows = await pool.fetch(
-        sql.HEARTBEAT,
-        settings.instance,
-        names,
-        stale_after,
-        [d.binds_up for d in dispatchers],
-        [len(d.binds) for d in dispatchers],
-        [float(d.smsc.tps) for d in dispatchers],
-        [float(d.account_bucket.rate) for d in dispatchers],
-        [d.last_error for d in dispatchers],
-        [d.last_error_at for d in dispatchers],
-        timeout=30,
-    )
-    live = {r["smsc"]: r["live"] for r in rows}
-    for d in dispatchers:
-        d.set_instances(live.get(d.name, 1))
+    stale = stale_after(settings)
+    # The fence counts from before the transaction; the row's last_seen (its start) is later still.
+    valid_until = asyncio.get_running_loop().time() + rate_share.fence_after(stale)
+    async with pool.acquire(timeout=_BEAT_TIMEOUT_S) as conn, conn.transaction():
+        await conn.execute(sql.LOCK_RATE_SHARE, timeout=_BEAT_TIMEOUT_S)
+        rows = await conn.fetch(sql.RATE_SHARE_MEMBERS, names, settings.instance, timeout=_BEAT_TIMEOUT_S)
+        others: dict[str, list[rate_share.Member]] = {name: [] for name in names}
+        for r in rows:
+            others[r["smsc"]].append(rate_share.Member(r["instance"], r["grant_tps"], r["tps"], r["age_s"]))
+        shares = [rate_share.decide_share(d.smsc.tps, others[d.name], stale) for d in dispatchers]
+        for d, share in zip(dispatchers, shares, strict=True):
+            if share.rate < d.rate_grant:  # lower first: the others may use what we release from the commit on
+                d.set_rate_share(share, None)
+        # Binds, rates and the last bind error ride along, for the status page and `smsgw status` (ops_status.py).
+        await conn.execute(
+            sql.HEARTBEAT,
+            settings.instance,
+            names,
+            [s.rate for s in shares],
+            [d.binds_up for d in dispatchers],
+            [len(d.binds) for d in dispatchers],
+            [float(d.smsc.tps) for d in dispatchers],
+            [_effective_rate(d, s) for d, s in zip(dispatchers, shares, strict=True)],
+            [d.last_error for d in dispatchers],
+            [d.last_error_at for d in dispatchers],
+            timeout=_BEAT_TIMEOUT_S,
+        )
+    for d, share in zip(dispatchers, shares, strict=True):
+        d.set_rate_share(share, valid_until)  # committed: raise, and renew the fence
+    return shares
+
+
+def _effective_rate(d: SmscDispatcher, share: rate_share.Share) -> float:
+    """The rate this instance sends at after the heartbeat: AIMD below the grant (0 = nothing, or no limit)."""
+    if share.reason is rate_share.ShareReason.UNLIMITED:
+        return float(d.account_bucket.rate)
+    return min(float(d.adaptive.rate), share.rate)
+
+
+async def run_heartbeat(
+    pool: asyncpg.Pool, settings: DispatcherSettings, dispatchers: Sequence[SmscDispatcher]
+) -> None:
+    """Heartbeat until cancelled: every `rate_share.heartbeat_interval` (shorter while waiting for a share).
+    Database errors are logged, never fatal; an instance that cannot beat stops sending once its grants' fence
+    has passed (rate_share.py), and sends again after its next successful heartbeat."""
+    loop = asyncio.get_running_loop()
+    fence = rate_share.fence_after(stale_after(settings))
+    last_ok = loop.time()
+    waiting = False
+    failures = 0
+    while True:
+        started = loop.time()
+        try:
+            async with asyncio.timeout(fence):  # a longer pass is worthless: the grants would have run out
+                shares = await heartbeat(pool, settings, dispatchers)
+            waiting = any(not s.settled for s in shares)
+            if failures:
+                log.info("heartbeat back", extra={"failed_passes": failures})
+            failures, last_ok = 0, started
+        except Exception as exc:  # never fatal: the next pass tries again
+            failures += 1
+            if failures == 1 or failures % _WARN_EVERY == 0:
+                fenced = loop.time() - last_ok >= fence and any(d.smsc.tps for d in dispatchers)
+                msg = "heartbeat failed; grants expired: not sending until it works" if fenced else "heartbeat failed"
+                log.warning(msg, extra={"error": f"{type(exc).__name__}: {exc}", "failed_passes": failures})
+        await asyncio.sleep(rate_share.heartbeat_interval(settings.maintenance_interval, waiting=waiting))
 
 
 async def sweep_parked(pool: asyncpg.Pool, settings: DispatcherSettings) -> int:
@@ -165,15 +229,12 @@ async def observe_queue(pool: asyncpg.Pool) -> None:
 
 
 async def run_forever(
-    pool: asyncpg.Pool,
-    settings: DispatcherSettings,
-    dispatchers: Sequence[SmscDispatcher] = (),
-    webhooks: WebhookSettings | None = None,
+    pool: asyncpg.Pool, settings: DispatcherSettings, webhooks: WebhookSettings | None = None
 ) -> None:
-    """Every `maintenance_interval` seconds until cancelled; database errors are logged, never fatal."""
+    """Every `maintenance_interval` seconds until cancelled; database errors are logged, never fatal. (The
+    heartbeat has a loop of its own, `run_heartbeat`: it runs more often.)"""
     while True:
         try:
-            await heartbeat(pool, settings, dispatchers)
             touched = await run_once(pool, settings, webhooks)
             if any(touched.values()):
                 log.info("maintenance", extra=touched)

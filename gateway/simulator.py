@@ -8,7 +8,7 @@ single periodic task: never one ``call_later`` per message.
 
 It behaves like a strict but ordinary SMSC (reference §7 legal states, generic_nack rules, receipts in
 the Appendix B text form plus TLVs, at-least-once deliver_sm) and injects faults on demand from a test
-while it runs (`fail_next`, `drop_next`, `disconnect_after`, `send_malformed`, `response_delay`, ...).
+while it runs (`fail_next`, `drop_next`, `disconnect_after`, `send_malformed`, `response_delay`, `stall`, ...).
 A misbehaving connection is logged and closed; it never takes the server down.
 """
 
@@ -272,6 +272,7 @@ class SimulatorStats:
     generic_nacks_received: int = 0
     decode_errors: int = 0
     malformed_sent: int = 0
+    stalls_injected: int = 0  # connections stalled by `stall` (half-open links)
 
 
 def _user_data(pdu: SubmitSm | DeliverSm) -> bytes:
@@ -342,6 +343,8 @@ class _Connection(asyncio.Protocol):
         self.closing = False
         self.pending: dict[int, Delivery] = {}  # deliver_sm awaiting deliver_sm_resp, by sequence number
         self.unanswered = 0  # submit_sm whose response is held back by response_delay
+        # Half-open (`SmscSimulator.stall`): nothing is read and nothing written, the socket stays open.
+        self.stalled = False
         self._out: list[bytes] = []
         self._flush_handle: asyncio.Handle | None = None
         self._sequence = 0
@@ -384,14 +387,14 @@ class _Connection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        if self.transport is not None and not self.closing:
+        if self.transport is not None and not self.closing and not self.stalled:
             self.transport.resume_reading()
 
     # -- output --------------------------------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        if self.closing:
-            return
+        if self.closing or self.stalled:
+            return  # a stalled link loses what we send on it (the peer never sees it)
         self._out.append(data)
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
@@ -425,6 +428,29 @@ class _Connection(asyncio.Protocol):
         self.closing = True
         self.sim._detach(self)
         self.transport.abort()
+
+    def stall(self) -> None:
+        """Stop reading and writing, keep the socket open (no FIN, no RST): a half-open link.
+
+        What the ESME sends from now on stays unread in the socket buffers; what we had queued for it and
+        not yet written is lost, like anything written into a dead path.
+        """
+        if self.transport is None or self.closing or self.stalled:
+            return
+        self.stalled = True
+        self._out.clear()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self.transport.pause_reading()
+
+    def unstall(self) -> None:
+        """Read and write again: what the ESME sent meanwhile is read now and handled like any PDU."""
+        if not self.stalled:
+            return
+        self.stalled = False
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
 
 
 @dataclass(slots=True)
@@ -485,6 +511,7 @@ class SmscSimulator:
         self._fail_status = int(Status.RSYSERR)
         self._drop_remaining = 0
         self._disconnect_countdown = 0
+        self._stall_timers: list[asyncio.TimerHandle] = []
 
         self._handlers: dict[type[Pdu], Callable[[_Connection, Pdu], None]] = {
             BindTransmitter: self._on_bind,  # type: ignore[dict-item]
@@ -536,6 +563,9 @@ class SmscSimulator:
         if server is None:
             return
         server.close()
+        for handle in self._stall_timers:
+            handle.cancel()
+        self._stall_timers.clear()
         if unbind_timeout > 0:
             for conn in list(self._connections.values()):
                 if conn.state in _BOUND and not conn.closing:
@@ -640,6 +670,66 @@ class SmscSimulator:
         log.warning("fault: aborting all connections", extra={"count": len(conns)})
         for conn in conns:
             conn.abort()
+
+    def stall(self, seconds: float | None = None, *, then: str = "resume") -> int:
+        """Half-open fault: every connection open now stops reading and answering; no FIN, no RST.
+
+        Realistic semantics (an SMSC whose process froze, or a path that silently drops packets):
+
+        - submit_sm read *before* the stall were handled as usual: answered, accepted, receipts planned. An
+          answer still queued but not yet written when the stall begins is lost; the message stays accepted
+          and its receipt comes (to a live receiver bind of the account, now or when one binds again).
+        - submit_sm sent *during* the stall stay unread in the socket: not accepted, no record, no receipt.
+        - no deliver_sm goes to a stalled connection (it leaves the receiver rotation); deliver_sm already in
+          flight on it are resent elsewhere after ``deliver_timeout``, or at once when it closes.
+        - enquire_link is not answered, so a live ESME notices and re-binds on a fresh connection, which
+          works normally: the fault is per connection, not the whole SMSC.
+
+        After ``seconds`` (None: until `end_stall`) ``then`` decides: ``"resume"`` reads again, handling what
+        was sent meanwhile like any PDU (the process woke up: those submits *are* accepted, their answers
+        go to a peer that may be gone, their receipts come later); ``"abort"`` drops the connections
+        (what was never read was never accepted). Returns the number of connections stalled.
+
+        Raises:
+            ValueError: ``then`` is neither "resume" nor "abort", or ``seconds`` is negative.
+        """
+        if then not in ("resume", "abort"):
+            raise ValueError(f"then must be 'resume' or 'abort', got {then!r}")
+        if seconds is not None and seconds < 0:
+            raise ValueError("seconds must be >= 0")
+        conns = [c for c in self._connections.values() if not c.closing and not c.stalled]
+        for conn in conns:
+            conn.stall()
+            self._detach(conn)
+        self.stats.stalls_injected += len(conns)
+        log.warning("fault: connections stalled (half-open)", extra={"count": len(conns), "seconds": seconds})
+        if seconds is not None and conns:
+            handle = asyncio.get_running_loop().call_later(seconds, self._end_stall, conns, then)
+            self._stall_timers.append(handle)
+        return len(conns)
+
+    def end_stall(self, then: str = "resume") -> int:
+        """End every stall now (``then`` as in `stall`); returns the number of connections it ended."""
+        if then not in ("resume", "abort"):
+            raise ValueError(f"then must be 'resume' or 'abort', got {then!r}")
+        for handle in self._stall_timers:
+            handle.cancel()
+        self._stall_timers.clear()
+        return self._end_stall([c for c in self._connections.values() if c.stalled], then)
+
+    def _end_stall(self, conns: list[_Connection], then: str) -> int:
+        ended = [c for c in conns if c.stalled]
+        for conn in ended:
+            if then == "abort":
+                conn.abort()
+                continue
+            conn.unstall()
+            if conn.state in _CAN_RECEIVE and not conn.closing:
+                self._receivers.setdefault(conn.system_id, []).append(conn)
+                self._release_waiting(conn.system_id)
+        if ended:
+            log.warning("fault: stall ended", extra={"count": len(ended), "then": then})
+        return len(ended)
 
     def send_malformed(self) -> None:
         """Write a PDU header claiming command_length 5 to every bound connection."""

@@ -1,4 +1,4 @@
-"""The daemon as ops run it: `smsgw run` in its own process (SIGTERM), a Postgres restart under load,
+"""The daemon as ops run it: `smsgw run` in its own process (SIGTERM),
 the config loader, and the /metrics endpoint."""
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import asyncpg
 import pytest
 from gw import counts, enqueue, running_gateway, settings_for, wait_status
 
-from gateway.db.embedded import EmbeddedPostgres, free_port
-from gateway.db.migrate import migrate
 from gateway.settings import ConfigError, load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 
@@ -59,32 +57,6 @@ async def test_sigterm_mid_run_leaves_no_row_claimed(db_pool: asyncpg.Pool, db_d
     assert await db_pool.fetchval("SELECT count(*) FROM outbound_message WHERE claimed_by IS NOT NULL") == 0
     # The configured SMPP password is "secret" (SMSGW_SMSC__SIM__PASSWORD): it must not appear, nor any password.
     assert "secret" not in stderr and "password" not in stderr.lower(), stderr[-2000:]
-
-
-async def test_postgres_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
-    pg = EmbeddedPostgres(tmp_path / "pg", port=free_port(), shared_buffers="32MB")
-    await asyncio.to_thread(pg.start)
-    try:
-        conn = await asyncpg.connect(pg.dsn())
-        await migrate(conn)
-        await conn.close()
-        pool = await asyncpg.create_pool(pg.dsn(), min_size=1, max_size=2)
-        await enqueue(pool, 1500)
-        await pool.close()
-        async with SmscSimulator(SimulatorConfig(receipt_delay=0.01, deliver_timeout=1.0)) as sim:
-            async with running_gateway(settings_for(pg.dsn(), sim, tps=300)):
-                await sim.wait_for(lambda: sim.stats.submits_ok >= 200, timeout=30)
-                await asyncio.to_thread(pg.stop)
-                await asyncio.sleep(1.0)
-                await asyncio.to_thread(pg.start)
-                pool = await asyncpg.create_pool(pg.dsn(), min_size=1, max_size=2)
-                try:
-                    c = await wait_status(pool, "delivered", 1500, timeout=60)
-                finally:
-                    await pool.close()
-        assert c == {"delivered": 1500}
-    finally:
-        await asyncio.to_thread(pg.stop)
 
 
 def test_bad_config_fails_with_one_line_naming_the_key(tmp_path: Path) -> None:

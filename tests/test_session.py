@@ -83,7 +83,7 @@ def test_responses_out_of_order_match_by_sequence_number() -> None:
 
 
 def test_response_timeout_frees_the_slot() -> None:
-    sess = bound_session(window=1, response_timeout=5, late_grace=0)
+    sess = bound_session(window=1, response_timeout=5, late_grace=0, probe_overdue=False)
     seq = sess.send_request(SubmitSm(destination_addr="1"), 1.0, "ctx")
     assert sess.next_deadline() == 6.0
     events = sess.handle_timer(6.0)
@@ -97,7 +97,7 @@ def test_response_timeout_frees_the_slot() -> None:
 def _late_script(steps: list[tuple[float, str]], grace: float = 5.0) -> list[list[str]]:
     """Run a submit sent at t=1 (timeout 5, so overdue at 6) through timer ticks ('tick'), its response
     ('resp'), a lost link ('lost') or a second submit ('send'); return the event names of each step."""
-    sess = bound_session(window=1, response_timeout=5, late_grace=grace)
+    sess = bound_session(window=1, response_timeout=5, late_grace=grace, probe_overdue=False)
     seq = sess.send_request(SubmitSm(destination_addr="1"), 1.0, "ctx")
     out: list[list[str]] = []
     for now, step in steps:
@@ -141,7 +141,7 @@ def test_late_submit_sm_resp_within_the_grace_is_delivered(
 
 
 def test_late_requests_keep_their_sequence_numbers_and_deadlines() -> None:
-    sess = bound_session(window=1, response_timeout=5, late_grace=3)
+    sess = bound_session(window=1, response_timeout=5, late_grace=3, probe_overdue=False)
     seq = sess.send_request(SubmitSm(destination_addr="1"), 1.0, "ctx")
     sess.handle_timer(6.0)
     assert (sess.window_free, sess.in_flight, sess.awaiting) == (1, 0, 1)

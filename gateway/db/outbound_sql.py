@@ -350,30 +350,51 @@ DROP_OLD_PARKED = """
 DELETE FROM pending_receipt WHERE received_at < now() - make_interval(days => $1::int)
 """
 
-# $1 instance, $2 SMSC names, $3 seconds after which an instance that stopped beating counts as gone; per SMSC
-# (same order as $2, for the status page and `smsgw status`, gateway/ops_status.py): $4 binds up, $5 binds
-# configured, $6 configured TPS, $7 effective TPS, $8 last bind error text, $9 its time (NULL: none yet).
-HEARTBEAT = """
-WITH beat AS (
-    INSERT INTO gateway_instance AS g (instance, smsc, last_seen, binds_up, binds_total, tps, effective_tps,
-                                       last_error, last_error_at)
-    SELECT $1, s.smsc, now(), s.binds_up, s.binds_total, s.tps, s.effective_tps, s.last_error, s.last_error_at
-    FROM unnest($2::text[], $4::int[], $5::int[], $6::float8[], $7::float8[], $8::text[], $9::timestamptz[])
-        AS s(smsc, binds_up, binds_total, tps, effective_tps, last_error, last_error_at)
-    ON CONFLICT (instance, smsc) DO UPDATE
-        SET last_seen = now(), binds_up = EXCLUDED.binds_up, binds_total = EXCLUDED.binds_total,
-            tps = EXCLUDED.tps, effective_tps = EXCLUDED.effective_tps,
-            last_error = coalesce(EXCLUDED.last_error, g.last_error),
-            last_error_at = coalesce(EXCLUDED.last_error_at, g.last_error_at)
-)
-SELECT smsc, count(*) + CASE WHEN bool_or(instance = $1) THEN 0 ELSE 1 END AS live
+# The heartbeat (gateway/maintenance.py) is one transaction per pass: LOCK_RATE_SHARE, RATE_SHARE_MEMBERS, decide
+# (gateway/rate_share.py), HEARTBEAT, commit. The lock serialises every instance's decision about its grant of
+# an account's rate, so each sees the grants committed before it (one key for all accounts: no lock order to
+# get wrong, and a pass holds it for a couple of milliseconds). Key: 'smsgw_rs' as a big-endian bigint.
+# An instance frozen while it holds the lock (SIGSTOP, a stalled host) would stop every other instance's
+# heartbeat, and their grants would run out: the server ends such a transaction after 2 s idle (its row keeps
+# its former grant: safe), and a waiter gives up after 3 s and tries again at its next pass.
+RATE_SHARE_LOCK_KEY = 0x736D_7367_775F_7273
+LOCK_RATE_SHARE = f"""
+SET LOCAL idle_in_transaction_session_timeout = '2s';
+SET LOCAL lock_timeout = '3s';
+SELECT pg_advisory_xact_lock({RATE_SHARE_LOCK_KEY});
+"""
+
+# $1 SMSC names, $2 this instance. The other instances' rows for those accounts, stale ones too (the decision
+# tells them apart by age, on the database clock). A row from before 0010 has no grant: it holds its whole tps.
+RATE_SHARE_MEMBERS = """
+SELECT smsc, instance, coalesce(grant_tps, tps) AS grant_tps, tps,
+       extract(epoch FROM now() - last_seen)::float8 AS age_s
 FROM gateway_instance
-WHERE last_seen > now() - make_interval(secs => $3) AND smsc = ANY($2::text[])
-GROUP BY smsc
+WHERE smsc = ANY($1::text[]) AND instance <> $2
+"""
+
+# $1 instance, $2 SMSC names; per SMSC (same order as $2): $3 the grant just decided (rate_share.py); for the
+# status page and `smsgw status` (gateway/ops_status.py): $4 binds up, $5 binds configured, $6 configured TPS,
+# $7 effective TPS, $8 last bind error text, $9 its time (NULL: none yet). last_seen is now(): the start of the
+# heartbeat's transaction, later than the moment its grant's fence counts from.
+HEARTBEAT = """
+INSERT INTO gateway_instance AS g (instance, smsc, last_seen, grant_tps, binds_up, binds_total, tps, effective_tps,
+                                   last_error, last_error_at)
+SELECT $1, s.smsc, now(), s.grant_tps, s.binds_up, s.binds_total, s.tps, s.effective_tps, s.last_error,
+       s.last_error_at
+FROM unnest($2::text[], $3::float8[], $4::int[], $5::int[], $6::float8[], $7::float8[], $8::text[],
+            $9::timestamptz[])
+    AS s(smsc, grant_tps, binds_up, binds_total, tps, effective_tps, last_error, last_error_at)
+ON CONFLICT (instance, smsc) DO UPDATE
+    SET last_seen = now(), grant_tps = EXCLUDED.grant_tps, binds_up = EXCLUDED.binds_up,
+        binds_total = EXCLUDED.binds_total, tps = EXCLUDED.tps, effective_tps = EXCLUDED.effective_tps,
+        last_error = coalesce(EXCLUDED.last_error, g.last_error),
+        last_error_at = coalesce(EXCLUDED.last_error_at, g.last_error_at)
 """
 
 DROP_STALE_INSTANCES = "DELETE FROM gateway_instance WHERE last_seen < now() - interval '1 day'"
 
+# A graceful stop, once nothing is sent any more: the grants are free for the others at their next heartbeat.
 LEAVE_INSTANCE = "DELETE FROM gateway_instance WHERE instance = $1"
 
 # Non-final rows by status and priority class (metrics.priority_class: reply >= 100, high > 0, normal), and the

@@ -3,9 +3,10 @@
 Rule of this module: it never reads a clock and never touches a socket. Bytes go in through
 `receive_data(data, now)`, events come out as a list; requests go out through `send_request(pdu, now)`
 and the bytes to write accumulate in `data_to_send()`. Timers (response timeouts, bind timeout,
-enquire_link keep-alive) are driven by `handle_timer(now)` at `next_deadline()`. The asyncio layer
-in `client.py` owns the socket and the clock. While the caller has paused reading (`pause_timers`), no timer
-runs: an unread response is not a late one, and resuming shifts every deadline by the time spent paused.
+enquire_link keep-alive and probes) are driven by `handle_timer(now)` at `next_deadline()`; only timers
+write enquire_link. The asyncio layer in `client.py` owns the socket and the clock. While the caller has
+paused reading (`pause_timers`), no timer runs: an unread response is not a late one, and resuming shifts every
+deadline by the time spent paused.
 """
 
 from __future__ import annotations
@@ -113,7 +114,13 @@ class RequestTimedOut(Event):
 class RequestOverdue(Event):
     """No response within the response timeout: the window slot is free again, but the sequence number is kept
     for `late_grace` seconds. A response within the grace arrives as `ResponseReceived` with this context (the
-    SMSC did take the request: record it, do not send it again); after the grace comes `RequestTimedOut`."""
+    SMSC did take the request: record it, do not send it again); after the grace comes `RequestTimedOut`.
+
+    With `Session(probe_overdue=True)`, only once the link is known to be alive: an overdue request the SMSC
+    may never have read (nothing it sent since proves it read that far) is *suspect* and keeps its slot while
+    an enquire_link probes the link; the probe's answer (or any answer to a later request) releases it as
+    overdue, no answer within the response timeout ends the link (`LinkDead`). So a half-open link never gets
+    more than one window of submits."""
 
     request_command_id: int
     sequence_number: int
@@ -164,7 +171,12 @@ class Session:
         bind_timeout: float = 10.0,
         enquire_link_interval: float = 30.0,
         pdu_counts: PduCounts | None = None,
+        probe_overdue: bool = True,
     ) -> None:
+        """`probe_overdue`: a submit past its response timeout keeps its window slot until the SMSC is known to
+        have read it, and an enquire_link probes the link at once (see `RequestOverdue`), so that a half-open link
+        gets one window, not one per timeout. False: the slot is freed at the timeout whatever the link's state
+        (resends one window per timeout into a dead link; kept for the sans-IO tests of the plain timeout)."""
         self.window = window
         # PDUs by command_id, sent and received (metrics.PduCounts of the bind: kept across reconnects).
         self._sent: dict[int, int] = pdu_counts.sent if pdu_counts is not None else {}
@@ -184,6 +196,13 @@ class Session:
         # Windowed requests past their response timeout, within the grace (deadline = end of the grace); their
         # window slot is already free. Insertion order == deadline order here too.
         self._late: dict[int, _Pending] = {}
+        self.probe_overdue = probe_overdue
+        # Windowed requests past their response timeout that nothing proves the SMSC has read (the link may be
+        # half-open): they keep their window slot, so a dead link is never fed more than one window, and an
+        # enquire_link probes at once. Insertion order == deadline order. `_proven`: every request whose deadline
+        # is at most this was read by the SMSC (it answered an enquire_link, or a request, sent after them).
+        self._suspect: dict[int, _Pending] = {}
+        self._proven = float("-inf")
         self._windowed = 0
         self._last_received = 0.0
         self._enquire_seq: int | None = None
@@ -230,6 +249,9 @@ class Session:
             p.deadline += shift
         for p in self._late.values():
             p.deadline += shift
+        for p in self._suspect.values():
+            p.deadline += shift
+        self._proven += shift  # compared with the deadlines above: moves with them
         self._last_received += shift  # the quiet time we caused is not the link's
 
     def _emit(self, pdu: Pdu, sequence_number: int | None = None) -> None:
@@ -249,7 +271,8 @@ class Session:
     def _sequence(self) -> int:
         seq = self._next_seq
         self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
-        while seq in self._pending or seq in self._late:  # only after a wrap with a very old request pending
+        # Only after a wrap with a very old request still awaited.
+        while seq in self._pending or seq in self._late or seq in self._suspect:
             seq = self._next_seq
             self._next_seq = 1 if seq >= MAX_SEQUENCE else seq + 1
         return seq
@@ -312,6 +335,8 @@ class Session:
         """The socket is gone: every pending request times out now, in order (late ones first: older)."""
         events: list[Event] = [RequestTimedOut(p.command_id, seq, p.context) for seq, p in self._late.items()]
         self._late.clear()
+        events += [RequestTimedOut(p.command_id, seq, p.context) for seq, p in self._suspect.items()]
+        self._suspect.clear()
         events += [
             RequestTimedOut(p.command_id, seq, p.context)
             for seq, p in self._pending.items()
@@ -411,6 +436,8 @@ class Session:
     def _handle_response(self, pdu: Pdu, events: list[Event]) -> None:
         seq = pdu.sequence_number
         pending = self._pending.pop(seq, None)
+        if pending is None and self._suspect:
+            pending = self._suspect.pop(seq, None)  # overdue but still holding its slot: handled as in time
         if pending is None:
             late = self._late.pop(seq, None)
             if late is not None:  # after its timeout, within the grace: the SMSC has it; its slot is free already
@@ -424,6 +451,8 @@ class Session:
             return
         if pending.command_id in _WINDOWED:
             self._windowed -= 1
+            if self._suspect and pending.deadline > self._proven:
+                self._proven = pending.deadline  # sent after the suspects: the SMSC read them (TCP keeps order)
         if isinstance(pdu, GenericNack) or pdu.command_id == pending.command_id | 0x80000000:
             pass
         else:
@@ -441,6 +470,8 @@ class Session:
             return
         if seq == self._enquire_seq:
             self._enquire_seq = None
+            # Everything sent before this enquire_link was read: suspects are released by the next timer run.
+            self._proven = max(self._proven, pending.deadline)
             return
         if pending.command_id == CommandId.UNBIND:
             events.extend(self.connection_lost())
@@ -463,6 +494,10 @@ class Session:
         if self._late:
             late = next(iter(self._late.values())).deadline
             deadline = late if deadline is None else min(deadline, late)
+        if self._suspect:
+            first = next(iter(self._suspect.values())).deadline  # in the past: due at once
+            if first <= self._proven or (self._enquire_seq is None and self.is_bound):
+                deadline = first if deadline is None else min(deadline, first)  # release them, or probe
         if self.is_bound and self._enquire_seq is None:
             keepalive = self._last_received + self.enquire_link_interval
             deadline = keepalive if deadline is None else min(deadline, keepalive)
@@ -498,14 +533,20 @@ class Session:
                 events.append(Unbound(by_peer=False))
                 return events
             if p.command_id in _WINDOWED:
-                self._windowed -= 1
-                if self.late_grace > 0:
-                    # Free the slot now (the window must move on), but keep listening for the answer.
-                    p.deadline += self.late_grace
-                    self._late[seq] = p
-                    events.append(RequestOverdue(p.command_id, seq, p.context))
+                if self._suspect or (self.probe_overdue and p.deadline > self._proven):
+                    # Nothing since proves the SMSC read it: the link may be dead. Keep the slot (no new submit
+                    # goes into a link that may swallow it) until a probe answers. Behind earlier suspects too,
+                    # so that they are released in order.
+                    self._suspect[seq] = p
                     continue
+                self._windowed -= 1
+                self._overdue(seq, p, events)
+                continue
             events.append(RequestTimedOut(p.command_id, seq, p.context))
+        if self._suspect:
+            self._release_proven(events)
+            if self._suspect and self._enquire_seq is None and self.is_bound:
+                self._send_enquire(now)  # the probe: its answer releases them, its timeout is LinkDead
         over = [seq for seq, p in self._late.items() if p.deadline <= now]
         for seq in over:
             p = self._late.pop(seq)
@@ -515,8 +556,32 @@ class Session:
             and self._enquire_seq is None
             and now - self._last_received >= self.enquire_link_interval
         ):
-            seq = self._sequence()
-            self._emit(EnquireLink(sequence_number=seq))
-            self._pending[seq] = _Pending(CommandId.ENQUIRE_LINK, now + self.response_timeout, None)
-            self._enquire_seq = seq
+            self._send_enquire(now)
         return events
+
+    def _send_enquire(self, now: float) -> None:
+        """enquire_link, as keep-alive or as probe: its answer proves the SMSC read all we sent before it."""
+        seq = self._sequence()
+        self._emit(EnquireLink(sequence_number=seq))
+        self._pending[seq] = _Pending(CommandId.ENQUIRE_LINK, now + self.response_timeout, None)
+        self._enquire_seq = seq
+
+    def _overdue(self, seq: int, p: _Pending, events: list[Event]) -> None:
+        """A windowed request past its timeout on a live link (its slot already freed): late, or timed out."""
+        if self.late_grace > 0:
+            # The window moves on, but the answer is still listened for: the SMSC has the request.
+            p.deadline += self.late_grace
+            self._late[seq] = p
+            events.append(RequestOverdue(p.command_id, seq, p.context))
+        else:
+            events.append(RequestTimedOut(p.command_id, seq, p.context))
+
+    def _release_proven(self, events: list[Event]) -> None:
+        """Suspects the SMSC is now known to have read are only late: free their slots (oldest first)."""
+        while self._suspect:
+            seq, p = next(iter(self._suspect.items()))
+            if p.deadline > self._proven:
+                break
+            del self._suspect[seq]
+            self._windowed -= 1
+            self._overdue(seq, p, events)
