@@ -215,6 +215,7 @@ def simulate_smsc(
         receipt_delay=receipt_delay,
         tps_limit=tps_limit,
         outcomes=weights,
+        keep_records=False,  # a long run must not grow: counters only
     )
 
     async def go() -> None:

@@ -136,6 +136,9 @@ class SimulatorConfig:
     # First message id. Large enough that hex and decimal spellings of every id differ.
     message_id_start: int = 0x2A000000
     system_id: str = "SMSCSIM"  # our system_id in bind_resp
+    # Keep every submit, receipt and MO in `submits` / `receipts` / `mos` for a test to inspect. A long-running
+    # `smsgw simulate-smsc` turns it off: a million submits would hold over a gigabyte. Counters stay either way.
+    keep_records: bool = True
     tick_interval: float = 0.003  # period of the task that drains the timed queues
 
     def __post_init__(self) -> None:
@@ -799,7 +802,8 @@ class SmscSimulator:
             tlvs=extra,
         )
         delivery = Delivery(kind="mo", system_id=system_id, created_at=time.monotonic(), pdu=pdu, frame=encode(pdu))
-        self.mos.append(delivery)
+        if self.config.keep_records:
+            self.mos.append(delivery)
         log.info(
             "MO queued",
             extra={"source": source, "destination": destination, "data_coding": coding, "system_id": system_id},
@@ -947,7 +951,8 @@ class SmscSimulator:
             return
         now = time.monotonic()
         record = SubmitRecord(received_at=now, system_id=conn.system_id, bind=conn.number, pdu=pdu)
-        self.submits.append(record)
+        if self.config.keep_records:
+            self.submits.append(record)
         if self._disconnect_countdown:
             self._disconnect_countdown -= 1
             if not self._disconnect_countdown:
@@ -1059,7 +1064,8 @@ class SmscSimulator:
             receipt_id=_format_id(number, self.config.receipt_id_format),
         )
         record.receipt = delivery
-        self.receipts.append(delivery)
+        if self.config.keep_records:
+            self.receipts.append(delivery)
         return delivery
 
     def _schedule_receipt(self, delivery: Delivery, now: float) -> None:

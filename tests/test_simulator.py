@@ -596,3 +596,18 @@ def test_runs_under_uvloop() -> None:
     # Its own thread and loop, away from the session loop the async tests share.
     with ThreadPoolExecutor(1) as pool:
         pool.submit(uvloop.run, asyncio.wait_for(scenario(), 3.0)).result(timeout=5.0)
+
+
+async def test_without_records_a_long_run_keeps_only_counters() -> None:
+    """`smsgw simulate-smsc` (keep_records=False) must not grow with every submit: counters only."""
+    async with SmscSimulator(SimulatorConfig(receipt_delay=0.0, keep_records=False)) as sim:
+        client = await RawClient.connect(sim)
+        await client.bind()
+        for _ in range(5):
+            client.submit("hi", registered_delivery=1)
+            await client.expect(SubmitSmResp)
+            client.ack(await client.expect(DeliverSm))
+        await sim.wait_for(lambda: sim.stats.receipts_acked == 5, 1.0)
+        assert sim.stats.submits_ok == 5
+        assert (sim.submits, sim.receipts, sim.mos) == ([], [], [])
+        await client.close()
