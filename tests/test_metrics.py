@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterator
 
 import asyncpg
+import pytest
 from gw import enqueue, running_gateway, settings_for, wait_final
 from prometheus_client import REGISTRY
 from test_keywords_e2e import SC, keyword_settings, mo, wait_rows
@@ -186,3 +187,22 @@ async def test_inbound_metrics_match_the_rows(db_pool: asyncpg.Pool, db_dsn: str
     )
     assert replied >= 4
     assert snap.delta("smsgw_reply_latency_seconds_count", smsc="sim") == answered
+
+
+@pytest.mark.parametrize(
+    ("runs", "expected_due"),
+    [
+        ([], 0.0),  # never ran: ready at once
+        ([(10.0, 10.001)], 10.05),  # 1 ms of work: again after 50 ms (every maintenance pass in practice)
+        ([(10.0, 10.3)], 25.0),  # a 300 ms count of a big backlog: not before 15 s later
+        ([(10.0, 10.3), (25.0, 25.002)], 25.1),  # the backlog drained: cheap again, frequent again
+    ],
+)
+def test_queue_stats_cost_at_most_their_share(runs: list[tuple[float, float]], expected_due: float) -> None:
+    pace = maintenance.DutyCycle(share=0.02)
+    for started, ended in runs:
+        pace.ran(started, ended)
+    assert pace.due == pytest.approx(expected_due)
+    assert pace.ready(expected_due + 1e-9)
+    if runs:
+        assert not pace.ready(expected_due - 0.001)
