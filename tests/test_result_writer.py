@@ -15,8 +15,9 @@ from gateway import results
 from gateway.clean import REPLACEMENT, clean_text, fields_json
 from gateway.flow_control import FlowControl
 from gateway.results import KINDS, ResultWriter, is_data_error
+from gateway.smpp import codec
 from gateway.smpp import session as s
-from gateway.smpp.pdu import BindTransceiver, SubmitSm
+from gateway.smpp.pdu import BindTransceiver, EnquireLink, EnquireLinkResp, SubmitSm
 
 # -- named rows: field order == the statement's unnest(...) AS t(...) column list -------------------------
 
@@ -116,7 +117,8 @@ def test_flow_control_pauses_above_high_resumes_at_low() -> None:
 
 
 def test_paused_session_neither_times_out_nor_declares_the_link_dead() -> None:
-    sess = s.Session(window=2, response_timeout=5.0, enquire_link_interval=10.0)
+    # The plain timeout (no enquire_link probe first); the probing session is the next test.
+    sess = s.Session(window=2, response_timeout=5.0, enquire_link_interval=10.0, probe_overdue=False)
     sess.bind(BindTransceiver(system_id="x"), 0.0)
     # bind_transceiver_resp, status 0
     sess.receive_data(bytes.fromhex("00000015800000090000000000000001") + b"smsc\x00", 0.0)
@@ -132,6 +134,24 @@ def test_paused_session_neither_times_out_nor_declares_the_link_dead() -> None:
     assert sess.handle_timer(103.9) == [] and sess.is_bound
     events = sess.handle_timer(104.1)  # due now, as if the pause had not happened
     assert [e.sequence_number for e in events] == [2] and sess.is_bound
+
+
+def test_paused_probing_session_probes_only_after_the_pause() -> None:
+    """The gateway's session (probe_overdue): an overdue submit after a pause is probed, not declared lost."""
+    sess = s.Session(window=2, response_timeout=5.0, enquire_link_interval=10.0)
+    sess.bind(BindTransceiver(system_id="x"), 0.0)
+    sess.receive_data(bytes.fromhex("00000015800000090000000000000001") + b"smsc\x00", 0.0)
+    sess.send_request(SubmitSm(source_addr="1", destination_addr="2"), 1.0)
+    sess.data_to_send()
+    sess.pause_timers(2.0)
+    assert sess.handle_timer(100.0) == [] and sess.data_to_send() == b""  # paused: no probe either
+    sess.resume_timers(100.0)
+    assert sess.handle_timer(104.1) == [] and sess.is_bound  # due: kept in its slot while a probe goes out
+    (probe,) = [codec.decode(f) for f in codec.Framer().feed(sess.data_to_send())]
+    assert isinstance(probe, EnquireLink)
+    assert sess.receive_data(codec.encode(EnquireLinkResp(sequence_number=probe.sequence_number)), 104.2) == []
+    events = sess.handle_timer(104.2)  # only timers release submits
+    assert [e.sequence_number for e in events] == [2] and sess.is_bound  # read by the SMSC: overdue, not lost
 
 
 # -- the writer against Postgres ------------------------------------------------------------------------
