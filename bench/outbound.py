@@ -292,7 +292,9 @@ async def main() -> int:
         env = {**os.environ, "SMSGW_SMSC__BENCH__PASSWORD": args.password}
         conn = await asyncpg.connect(dsn)
         t_start_db: datetime = await conn.fetchval("SELECT clock_timestamp()")
-        gw = subprocess.Popen([SMSGW, "run", "--config", str(config), "--workers", str(args.processes)], env=env,
+        # `--workers` only when asked: older builds (compared with PYTHONPATH) do not know the option.
+        workers = ["--workers", str(args.processes)] if args.processes > 1 else []
+        gw = subprocess.Popen([SMSGW, "run", "--config", str(config), *workers], env=env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp / "gateway.log", "wb"))
         procs.append(gw)
         for port in metrics_ports:
