@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import shutil
 import subprocess
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -25,15 +27,19 @@ _database_numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def pg_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
-    """A private cluster for the whole session, stopped at the end even when tests fail."""
-    base = tmp_path_factory.mktemp("pg")
+def pg_cluster() -> Iterator[EmbeddedPostgres]:
+    """A private cluster for the whole session, stopped at the end even when tests fail.
+
+    Its folder is not under pytest's basetemp: a second pytest session of the same user (a developer's next run
+    beside a long one) prunes older basetemp folders, which deleted a running cluster's data directory."""
+    base = Path(tempfile.mkdtemp(prefix="smsgw-test-pg-"))
     cluster = EmbeddedPostgres(base / "data", log_file=base / "postgres.log")
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
