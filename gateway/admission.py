@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import asyncpg
 
 from gateway import metrics
 from gateway.clean import error_text
+from gateway.content import ContentResult, check_content
+from gateway.db import outbound_sql
+from gateway.frequency_caps import Allowed, ListCap, cap_decision, caps_from_keywords, number_keys, short_code_key
 from gateway.message import ClaimedMessage, Rejection, consent_refusal, prepare
 from gateway.quiet_hours import next_allowed
 from gateway.response_outcome import PartGroup
@@ -25,25 +29,35 @@ from gateway.results import ResultWriter
 from gateway.send_buffer import Item, Lease
 from gateway.settings import DispatcherSettings, SmscSettings
 from gateway.status import Reason, Status
+from keywords import address
 from keywords import sql as consent_sql
+from keywords.config import ShortCodeKeywords
 
 log = logging.getLogger(__name__)
 
 # Characters of an exception kept in a row's `detail`.
 DETAIL_CHARS = 500
+# Seconds a capped row waits in the queue when its frequency cap could not be looked up.
+_CAP_LOOKUP_RETRY_S = 1.0
 
 
 class Admission:
     """Turns one SMSC's claimed rows into ready items; settles the rows that cannot be sent."""
 
     def __init__(
-        self, name: str, smsc: SmscSettings, settings: DispatcherSettings, pool: asyncpg.Pool, writer: ResultWriter
+        self, name: str, smsc: SmscSettings, settings: DispatcherSettings, pool: asyncpg.Pool, writer: ResultWriter,
+        *, keywords: Mapping[str, ShortCodeKeywords] | None = None,
     ) -> None:
         self.name = name
         self.smsc = smsc
         self.settings = settings
         self.pool = pool
         self.writer = writer
+        self.keywords = keywords or {}
+        # (short code, list) -> its frequency caps, for the lists that have any.
+        self.caps: dict[tuple[str, str], ListCap] = caps_from_keywords(self.keywords)
+        # Short codes with content checks (a [keywords."X".content] table), in their one form; gateway/content.py.
+        self.content = {address.short_code_key(c): cfg for c, cfg in self.keywords.items() if cfg.content is not None}
 
     async def admit(self, rows: list[tuple[str, asyncpg.Record]], lease_until: float) -> list[Item]:
         """Prepare each row, enforce consent and quiet hours; return the items to send, in claim order.
@@ -79,12 +93,23 @@ class Admission:
                     ready.append(item)
             except Exception as exc:
                 self.invalid(item.msg.id, item.token, exc)
+        if self.caps:
+            ready = await self._frequency_caps(ready, [r["id"] for _, r in rows], now)
         return ready
 
     def _prepare_one(self, record: asyncpg.Record, lease: Lease, now: datetime) -> Item | None:
         try:
             msg = ClaimedMessage.model_validate(dict(record))
             result = prepare(msg, self.smsc, self.settings.default_region, now, self.settings.max_segments)
+            content = self._check_content(msg) if not isinstance(result, Rejection) else None
+            if content is not None and (failure := content.first_failure) is not None:
+                metrics.REJECTED.labels(failure.rule.reason).inc()
+                self.writer.settle(msg.id, lease.token, Status.REJECTED, reason=failure.rule.reason, smsc=self.name,
+                                   detail=failure.detail[:DETAIL_CHARS])
+                return None
+            if content is not None and content.text != msg.body:  # the appended opt-out is what is sent
+                msg = msg.model_copy(update={"body": content.text})
+                result = prepare(msg, self.smsc, self.settings.default_region, now, self.settings.max_segments)
         except Exception as exc:
             self.invalid(lease.row_id, lease.token, exc)
             return None
@@ -93,6 +118,19 @@ class Admission:
             return None
         group = PartGroup(len(result)) if len(result) > 1 else None
         return Item(msg, lease, list(enumerate(result, 1)), group, admitted_at=0.0)
+
+    def _check_content(self, msg: ClaimedMessage) -> ContentResult | None:
+        """The short code's content rules applied to the row (None: no checks: no content table, or a reply)."""
+        cfg = self.content.get(address.short_code_key(msg.source))
+        if cfg is None or cfg.content is None or msg.inbound_message_id is not None:
+            return None
+        programs = [cfg.program]
+        if msg.list_name is not None:
+            programs += [pl.program for pl in cfg.lists if pl.name == msg.list_name]
+        return check_content(
+            msg.body, msg.message_class, cfg.content, programs,
+            latin1=self.smsc.latin1, smart=self.smsc.smart_encoding, method=self.smsc.long_messages,
+        )
 
     async def _consent(self, items: list[Item]) -> list[asyncpg.Record | BaseException]:
         """One lookup for the batch; if Postgres refuses a value (a data error), one lookup per row."""
@@ -121,6 +159,72 @@ class Admission:
             [it.msg.inbound_message_id for it in items],
             timeout=30,
         )
+
+    def _cap_of(self, item: Item) -> ListCap | None:
+        msg = item.msg
+        if msg.message_class != "marketing" or msg.list_name is None:
+            return None  # transactional messages and replies are never capped
+        return self.caps.get((short_code_key(msg.source), msg.list_name))
+
+    async def _frequency_caps(self, items: list[Item], batch_ids: list[int], now: datetime) -> list[Item]:
+        """Marketing over its list's cap waits (queued, attempt not counted) or is rejected; see frequency_caps.
+
+        One lookup for the batch: what was sent in the last 7 days and what is in flight elsewhere; the rows of
+        this batch that pass are counted in memory, in queue order (priority, then id).
+
+        When the lookup fails (the database is down), the capped rows go back to the queue and the others go on:
+        nothing is raised, so rows this batch already settled are not given back a second time.
+        """
+        # In queue order (the claim returns its rows in no particular order): the row written first goes first.
+        capped = sorted(
+            ((item, cap) for item in items if (cap := self._cap_of(item)) is not None),
+            key=lambda ic: (-ic[0].msg.priority, ic[0].msg.id),
+        )
+        if not capped:
+            return items
+        idx: list[int] = []
+        codes: list[str] = []
+        lists: list[str] = []
+        keys: list[str] = []
+        for i, (item, _) in enumerate(capped):
+            for key in number_keys(item.msg.destination, item.parts[0][1].destination_addr):
+                idx.append(i)
+                codes.append(short_code_key(item.msg.source))
+                lists.append(item.msg.list_name or "")
+                keys.append(key)
+        try:
+            found = await self.pool.fetch(
+                outbound_sql.FREQUENCY_CAP_SENT, idx, codes, lists, keys, batch_ids, now, timeout=30
+            )
+        except Exception as exc:  # the database may be restarting: only the capped rows wait, the rest go
+            log.warning("frequency cap lookup failed; capped rows go back to the queue",
+                        extra={"smsc": self.name, "rows": len(capped), "error": error_text(exc, DETAIL_CHARS)})
+            for item, _ in capped:
+                self.writer.settle(item.msg.id, item.token, Status.QUEUED, delay=_CAP_LOOKUP_RETRY_S,
+                                   reason=Reason.CLAIM_FAILED, attempts_delta=-1)
+            held = {item.msg.id for item, _ in capped}
+            return [item for item in items if item.msg.id not in held]
+        sent: dict[int, list[datetime]] = {}
+        for r in found:
+            sent.setdefault(r["i"], []).append(now if r["submitted_at"] is None else r["submitted_at"])
+        passed: dict[tuple[str, str, str], int] = {}  # rows of this batch that passed, per short code/list/number
+        refused: set[int] = set()
+        for i, (item, cap) in enumerate(capped):
+            who = (short_code_key(item.msg.source), item.msg.list_name or "", item.parts[0][1].destination_addr)
+            times = sent.get(i, []) + [now] * passed.get(who, 0)
+            decision = cap_decision(times, now, cap.max_per_day, cap.max_per_week)
+            if isinstance(decision, Allowed):
+                passed[who] = passed.get(who, 0) + 1
+                continue
+            refused.add(item.msg.id)
+            if cap.action == "reject":
+                self.reject(item.msg, item.token, Rejection(Status.REJECTED, Reason.FREQUENCY_CAP))
+            else:
+                self.writer.settle(
+                    item.msg.id, item.token, Status.QUEUED, delay=(decision.at - now).total_seconds(),
+                    reason=Reason.FREQUENCY_CAP, attempts_delta=-1,
+                )
+        return [item for item in items if item.msg.id not in refused]
 
     def _outside_quiet_hours(self, item: Item, now: datetime) -> bool:
         """Marketing to a recipient whose local time is in quiet hours waits (not fails) until it is not."""

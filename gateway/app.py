@@ -97,7 +97,7 @@ class Gateway:
         # Rows wait in a buffer at most about two leases; consent changes older than that cannot concern them.
         self.consent_watch = ConsentWatch(keep_seconds=2 * d.lease_seconds + 60)
         self.dispatchers = [
-            SmscDispatcher(name, smsc, d, self.pool, self.writer, consent_watch=self.consent_watch)
+            SmscDispatcher(name, smsc, d, self.pool, self.writer, consent_watch=self.consent_watch, keywords=s.keywords)
             for name, smsc in s.smsc.items()
         ]
         self.router = Router(self.dispatchers, s.route, d, self.pool, self.writer)

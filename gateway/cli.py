@@ -599,5 +599,83 @@ def check_config(config_path: Path | None, as_json: bool) -> None:
     sys.exit(EXIT_USAGE if problems else EXIT_OK)
 
 
+@main.command()
+@_config_option
+@click.option("--short-code", "short_codes", multiple=True, metavar="X",
+              help="audit this short code (repeatable; default: every short code in the config)")
+@click.option("--reply-timeout", type=click.FloatRange(0.5, 60), default=5.0, show_default=True,
+              help="seconds to wait for each reply")
+@click.option("--show-replies", is_flag=True,
+              help="print each reply text (and how each test message ended) under its check")
+def audit(config_path: Path | None, short_codes: tuple[str, ...], reply_timeout: float, show_replies: bool) -> None:
+    """CTIA self-audit of the configured keywords: a private database and the simulator, never the carrier.
+
+    Texts HELP, STOP, START and each join word from fresh numbers and checks every reply; one PASS / FAIL line per
+    check. Exit 1 on any failure, 2 when the audit could not run.
+    """
+    from gateway.admin.audit import run_audit_isolated
+    from gateway.logs import setup_logging
+
+    settings = _load(config_path)
+    codes = list(dict.fromkeys(short_codes)) or sorted(settings.keywords)
+    unknown = [code for code in codes if code not in settings.keywords]
+    if unknown or not codes:
+        click.echo(f"no [keywords.\"{unknown[0]}\"] section in the config" if unknown
+                   else "the config has no [keywords.<short code>] section to audit", err=True)
+        sys.exit(2)
+    setup_logging("ERROR", "text")
+    click.echo(f"auditing {', '.join(codes)} against a private database and the SMSC simulator ...", err=True)
+
+    def show(check: Any) -> None:
+        click.echo(check.line())
+        if show_replies and check.reply is not None:
+            click.echo(f"      reply: {check.reply!r}")
+        if show_replies and check.outcome is not None:
+            click.echo(f"      message ended: {check.outcome}")
+
+    try:
+        checks = uvloop.run(run_audit_isolated(settings, codes, reply_timeout=reply_timeout, on_check=show))
+    except Exception as exc:
+        click.echo(f"audit could not run: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(2)
+    failed = sum(not check.passed for check in checks)
+    click.echo(f"{len(checks)} checks, {len(checks) - failed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
+
+
+
+@main.group()
+def content() -> None:
+    """Content checks before sending (program name, opt-out, link shorteners, SHAFT words, segments)."""
+
+
+@content.command("check")
+@_config_option
+@click.argument("text")
+@click.option("--short-code", default=None, metavar="X", help="use this short code's rules (default: the only one)")
+@click.option("--class", "message_class", type=click.Choice(["marketing", "transactional"]), default="marketing",
+              show_default=True)
+@_json_option
+def content_check(config_path: Path | None, text: str, short_code: str | None, message_class: str,
+                  as_json: bool) -> None:
+    """Show what TEXT would get: encoding, characters, segments, each rule's result and the final text (with the
+    appended opt-out). Exit 1 when a rule fails."""
+    from gateway.admin import AdminError, to_json
+    from gateway.admin import content as admin_content
+
+    settings = _load(config_path)
+    try:
+        result, where = admin_content.check(settings, text, short_code, message_class)
+    except AdminError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.code)
+    if as_json:
+        click.echo(to_json(admin_content.as_dict(result, where, message_class)))
+    else:
+        for line in admin_content.render(result, where, message_class):
+            click.echo(line)
+    sys.exit(0 if result.passed else 1)
+
+
 if __name__ == "__main__":
     main()

@@ -16,7 +16,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import partial
 
@@ -45,6 +45,7 @@ from gateway.smpp.pdu import (
 )
 from gateway.smpp.receipt import msgid_key
 from gateway.status import Reason, Status
+from keywords.config import ShortCodeKeywords
 from keywords.consent_watch import ConsentWatch
 from throughput import AdaptiveRate, TokenBucket
 
@@ -283,6 +284,7 @@ class SmscDispatcher:
         writer: ResultWriter,
         *,
         consent_watch: ConsentWatch | None = None,
+        keywords: Mapping[str, ShortCodeKeywords] | None = None,
     ) -> None:
         self.name = name
         self.smsc = smsc
@@ -292,7 +294,7 @@ class SmscDispatcher:
         # Consent changes announced since rows were admitted (fed by the gateway's NOTIFY listener).
         self.consent_watch = consent_watch
         self.inbound = InboundHandler(name, smsc, writer)
-        self.admission = Admission(name, smsc, settings, pool, writer)
+        self.admission = Admission(name, smsc, settings, pool, writer, keywords=keywords)  # keywords: list caps
         self.buffer = SendBuffer(settings.lease_seconds, self._give_back)
         self.ssl_context: ssl.SSLContext | None = (
             tls_context(smsc.tls_ca_file, verify=smsc.tls_verify, smsc=name) if smsc.tls else None

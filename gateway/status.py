@@ -47,6 +47,7 @@ class Reason(StrEnum):
     SMSC_BUSY = "smsc_busy"  # its SMSC's buffer is full: the row waits in the queue, not in memory
     SMSC_DOWN = "smsc_down"
     QUIET_HOURS = "quiet_hours"
+    FREQUENCY_CAP = "frequency_cap"  # a list's max_per_day / max_per_week: queued until allowed, or rejected
     RELEASED_ON_SHUTDOWN = "released_on_shutdown"
     CLAIM_FAILED = "claim_failed"
     CLAIM_CANCELLED = "claim_cancelled"
@@ -66,3 +67,9 @@ class Reason(StrEnum):
     # operator actions (smsgw message cancel / retry)
     CANCELLED = "cancelled"  # status rejected: a queued row an operator withdrew
     MANUAL_RETRY = "manual_retry"  # status queued: a final row an operator queued again (the old state in detail)
+    # content checks before sending (gateway/content.py: content_<rule>; what matched is in `detail`)
+    CONTENT_PROGRAM_NAME = "content_program_name"
+    CONTENT_OPT_OUT = "content_opt_out"
+    CONTENT_LINK_SHORTENER = "content_link_shortener"
+    CONTENT_SHAFT = "content_shaft"
+    CONTENT_MAX_SEGMENTS = "content_max_segments"

@@ -34,7 +34,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Final
+from pathlib import Path
+from typing import Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -47,6 +48,7 @@ __all__ = [
     "STANDARD_OPT_IN",
     "STANDARD_OPT_OUT",
     "STOP_ALL_WORDS",
+    "ContentRules",
     "CustomKeyword",
     "ProgramList",
     "ShortCodeKeywords",
@@ -120,6 +122,11 @@ class ProgramList(_Model):
     join_keywords: tuple[str, ...] = Field((), description='dedicated words that join this list, e.g. ["NEWS"]')
     frequency: str = Field(min_length=1, description='e.g. "Up to 4 msgs/week"')
     marketing: bool = True
+    # Frequency caps (gateway/frequency_caps.py): marketing messages of this list per number in the last 24 h /
+    # 7 days (rolling); None: no cap. Over a cap a message waits for the next allowed moment, or is rejected.
+    max_per_day: int | None = Field(None, ge=1)
+    max_per_week: int | None = Field(None, ge=1)
+    frequency_cap_action: Literal["wait", "reject"] = "wait"
 
     @field_validator("name")
     @classmethod
@@ -195,6 +202,48 @@ class CustomKeyword(_Model):
         return None if self.regex is None else re.compile(self.regex, re.IGNORECASE)
 
 
+class ContentRules(_Model):
+    """Content checks before sending (gateway/content.py), ``[keywords."12345".content]``; every rule switchable.
+
+    Defaults: every rule on for marketing; transactional texts only get the link-shortener and SHAFT rules and
+    their own segment cap; replies to an MO are never checked. ``word_lists_dir`` replaces the shipped class
+    word lists (gateway/content_data/words/<class>.txt) with a directory of your own; ``allow_classes`` lets a
+    class through (e.g. ["alcohol"] for an age-gated program).
+    """
+
+    require_program_name: bool = True
+    require_opt_out: bool = True
+    append_opt_out: bool = False
+    link_shorteners: bool = True
+    shaft: bool = True
+    allow_classes: tuple[str, ...] = ()
+    word_lists_dir: Path | None = None
+    max_segments_marketing: int | None = Field(3, ge=1, le=255)
+    max_segments_transactional: int | None = Field(6, ge=1, le=255)
+    # Which class each of the two text rules applies to.
+    transactional_link_shorteners: bool = True
+    transactional_shaft: bool = True
+
+    @model_validator(mode="after")
+    def _check_lists(self) -> ContentRules:
+        from gateway.content import load_lists  # the lists live with the checks (gateway/content_data)
+
+        lists = load_lists(self.word_lists_dir)
+        unknown = sorted(set(self.allow_classes) - set(lists.words))
+        if unknown:
+            raise ValueError(f"allow_classes: {unknown} are not content classes ({sorted(lists.words)})")
+        return self
+
+    def check_link_shorteners(self, message_class: str) -> bool:
+        return self.link_shorteners and (message_class == "marketing" or self.transactional_link_shorteners)
+
+    def check_shaft(self, message_class: str) -> bool:
+        return self.shaft and (message_class == "marketing" or self.transactional_shaft)
+
+    def max_segments(self, message_class: str) -> int | None:
+        return self.max_segments_marketing if message_class == "marketing" else self.max_segments_transactional
+
+
 class ShortCodeKeywords(_Model):
     """Keywords, lists and replies of one short code.
 
@@ -218,6 +267,8 @@ class ShortCodeKeywords(_Model):
     # Reply to messages nothing matched; None: store and notify only.
     default_reply: str | None = None
     templates: Templates = Templates()
+    # Content checks before sending (gateway/content.py); None (no [keywords."X".content] table): no checks.
+    content: ContentRules | None = None
 
     @field_validator("extra_opt_out", "extra_opt_in", "extra_help")
     @classmethod

@@ -425,3 +425,20 @@ WHERE p.priority IS NOT NULL
 
 LISTEN_CHANNEL = "smsgw_outbound"
 INBOUND_CHANNEL = "smsgw_inbound"
+
+# Frequency caps (gateway/frequency_caps.py), one statement per admitted batch. $1 item index, $2 short code,
+# $3 list name, $4 smsgw_cap_number key (an item may have two: one row each), $5 the batch's ids (its rows are
+# counted in memory, in queue order), $6 the admission's clock. Per item: the submitted_at of each marketing row of
+# that short code, list and number sent in the last 7 days, and NULL for each one still claimed and not yet
+# submitted (by any instance): in flight, counted as sent now.
+FREQUENCY_CAP_SENT = """
+SELECT DISTINCT ON (t.i, m.id) t.i, m.submitted_at
+FROM unnest($1::int[], $2::text[], $3::text[], $4::text[]) AS t(i, short_code, list_name, number_key)
+JOIN outbound_message m
+  ON smsgw_cap_number(m.destination) = t.number_key AND m.list_name = t.list_name
+ AND m.message_class = 'marketing' AND m.list_name IS NOT NULL
+WHERE smsgw_short_code(m.source) = t.short_code
+  AND m.id <> ALL($5::bigint[])
+  AND (m.submitted_at > $6::timestamptz - interval '7 days'
+       OR (m.submitted_at IS NULL AND m.status = 'claimed'))
+"""
