@@ -148,8 +148,11 @@ def test_caps_in_the_list_settings() -> None:
 
 def test_the_example_config_documents_the_keys() -> None:
     text = (Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml").read_text()
-    for key in ("# max_per_day", "# max_per_week", "# frequency_cap_action"):
+    for key in ("max_per_day = ", "max_per_week = ", "frequency_cap_action = "):
         assert key in text
+    # The example's list promises "2 msgs/week" in its replies: its cap keeps that promise.
+    settings = load_settings(Path(__file__).resolve().parent.parent / "config" / "gateway.example.toml")
+    assert settings.keywords["12345"].list_named("news").max_per_week == 2
 
 
 def test_number_keys() -> None:
