@@ -139,14 +139,20 @@ def migrate(config_path: Path | None) -> None:
 @_config_option
 @click.option("--short-code", required=True, help="the short code the list belongs to")
 @click.option("--list", "list_name", required=True, help="subscriber list name")
-@click.option("--body", required=True, help="message text")
+@click.option("--body", default=None, help="message text")
+@click.option("--template", "template", default=None, metavar="NAME",
+              help="instead of --body: a saved template (`smsgw template set`), rendered per subscriber")
 @click.option("--campaign", "campaign_key", required=True, help="campaign key: a second call with it adds nothing")
-def broadcast(config_path: Path | None, short_code: str, list_name: str, body: str, campaign_key: str) -> None:
+def broadcast(config_path: Path | None, short_code: str, list_name: str, body: str | None, template: str | None,
+              campaign_key: str) -> None:
     """Enqueue a marketing message to every active subscriber of a list (opted-out numbers skipped)."""
     import asyncpg
 
     from keywords import sql
 
+    if (body is None) == (template is None):
+        click.echo("give exactly one of --body and --template", err=True)
+        sys.exit(2)
     settings = _load(config_path)
     try:
         dsn = settings.database.resolved_url()
@@ -157,7 +163,11 @@ def broadcast(config_path: Path | None, short_code: str, list_name: str, body: s
     async def go() -> int:
         conn = await asyncpg.connect(dsn, timeout=30)
         try:
-            count: int = await conn.fetchval(sql.BROADCAST, short_code, list_name, body, campaign_key, timeout=600)
+            if template is not None:
+                count: int = await conn.fetchval("SELECT smsgw_broadcast_template($1, $2, $3, $4)", short_code,
+                                                 list_name, template, campaign_key, timeout=600)
+                return count
+            count = await conn.fetchval(sql.BROADCAST, short_code, list_name, body, campaign_key, timeout=600)
             return count
         finally:
             await conn.close()
@@ -675,6 +685,129 @@ def content_check(config_path: Path | None, text: str, short_code: str | None, m
         for line in admin_content.render(result, where, message_class):
             click.echo(line)
     sys.exit(0 if result.passed else 1)
+
+
+# -- personalised templates (issue 10): gateway/admin/templates.py -----------------------------------------
+
+
+@main.group()
+def template() -> None:
+    """Named message templates per short code ({first_name}, {order_id|...}); rendered when a row is inserted."""
+
+
+@template.command("set")
+@_config_option
+@click.option("--short-code", required=True, metavar="X")
+@click.option("--name", required=True, metavar="N")
+@click.option("--body", required=True, help='e.g. "Hi {first_name|there}, order {order_id} has shipped"')
+@click.option("--class", "message_class", type=click.Choice(["transactional", "marketing"]), default="transactional",
+              show_default=True)
+@click.option("--allow", multiple=True, metavar="NAME", help="a per-row variable the producer always sets")
+@click.option("--assume", multiple=True, metavar="NAME=VALUE", help="the longest value expected for NAME")
+@click.option("--check-only", is_flag=True, help="validate and estimate segments; save nothing")
+@_json_option
+def template_set(config_path: Path | None, short_code: str, name: str, body: str, message_class: str,
+                 allow: tuple[str, ...], assume: tuple[str, ...], check_only: bool, as_json: bool) -> None:
+    """Validate and save a template: unknown placeholders are refused; the segment count at the longest expected
+    values is shown."""
+    from gateway.admin import AdminError, to_json, with_connection
+    from gateway.admin import templates as tpl
+
+    settings = _load(config_path)
+    dsn = _dsn(settings)
+    try:
+        assumed = tpl.parse_assume(assume)
+    except AdminError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.code)
+    work = tpl.check if check_only else tpl.save
+    result = _admin_run(with_connection(dsn, lambda conn: work(
+        conn, short_code, name, body, message_class=message_class, allow=allow, assume=assumed)))
+    if as_json:
+        click.echo(to_json(result.as_dict()))
+    else:
+        for line in tpl.describe(result):
+            click.echo(line)
+        if check_only and result.unknown:
+            click.echo("unknown placeholders: " + ", ".join("{" + n + "}" for n in result.unknown))
+
+
+@template.command("list")
+@_config_option
+@click.option("--short-code", default=None, metavar="X")
+@_json_option
+def template_list(config_path: Path | None, short_code: str | None, as_json: bool) -> None:
+    """The saved templates (of one short code)."""
+    from gateway.admin import templates as tpl
+    from gateway.admin import to_json, with_connection
+
+    dsn = _dsn(_load(config_path))
+    rows = _admin_run(with_connection(dsn, lambda conn: tpl.list_templates(conn, short_code)))
+    if as_json:
+        click.echo(to_json(rows))
+        return
+    for r in rows:
+        click.echo(f"{r['short_code']}\t{r['name']}\t{r['message_class']}\t{r['body']}")
+
+
+@template.command("show")
+@_config_option
+@click.option("--short-code", required=True, metavar="X")
+@click.option("--name", required=True, metavar="N")
+@_json_option
+def template_show(config_path: Path | None, short_code: str, name: str, as_json: bool) -> None:
+    """One template, its placeholders and its segments at the longest subscriber values."""
+    from gateway.admin import templates as tpl
+    from gateway.admin import to_json, with_connection
+
+    dsn = _dsn(_load(config_path))
+    info = _admin_run(with_connection(dsn, lambda conn: tpl.show(conn, short_code, name)))
+    if as_json:
+        click.echo(to_json(info))
+        return
+    for key in ("short_code", "name", "message_class", "body", "placeholders", "longest_text", "segments",
+                "encoding", "updated_at"):
+        click.echo(f"{key}: {info[key]}")
+
+
+
+@main.group()
+def campaign() -> None:
+    """Campaign reports: rows sharing a campaign_key (`smsgw broadcast --campaign KEY`)."""
+
+
+@campaign.command("report")
+@_config_option
+@click.argument("key")
+@_json_option
+def campaign_report(config_path: Path | None, key: str, as_json: bool) -> None:
+    """Enqueued, submitted, delivered, failed by reason, pending, delivery rates, receipt latency p50/p90/p99,
+    first and last submit, and the opt-outs attributed to campaign KEY (view campaign_report). Exit 1 when no
+    message has this key."""
+    from gateway.admin import campaigns, console, to_json, with_connection
+
+    dsn = _dsn(_load(config_path))
+    data = _admin_run(with_connection(dsn, lambda conn: campaigns.report(conn, key)))
+    if as_json:
+        click.echo(to_json(data))
+    else:
+        campaigns.render_report(console(), data)
+
+
+@campaign.command("list")
+@_config_option
+@click.option("--limit", type=click.IntRange(1, 1000), default=20, show_default=True)
+@_json_option
+def campaign_list(config_path: Path | None, limit: int, as_json: bool) -> None:
+    """The most recently enqueued campaigns with their counts, newest first."""
+    from gateway.admin import campaigns, console, to_json, with_connection
+
+    dsn = _dsn(_load(config_path))
+    rows = _admin_run(with_connection(dsn, lambda conn: campaigns.recent(conn, limit)))
+    if as_json:
+        click.echo(to_json({"campaigns": rows}))
+    else:
+        campaigns.render_list(console(), rows)
 
 
 if __name__ == "__main__":

@@ -73,3 +73,6 @@ class Reason(StrEnum):
     CONTENT_LINK_SHORTENER = "content_link_shortener"
     CONTENT_SHAFT = "content_shaft"
     CONTENT_MAX_SEGMENTS = "content_max_segments"
+    # personalised templates (rendered at insert by 0012's trigger; the names are in `detail`)
+    TEMPLATE_VARIABLE_MISSING = "template_variable_missing"
+    TEMPLATE_UNKNOWN = "template_unknown"

@@ -44,9 +44,10 @@ CONSENT_TABLES = ("consent_event", "opt_out", "subscription", "subscriber_list",
 # What the README producer contract lets a producer write (and nothing else of outbound_message).
 PRODUCER_COLUMNS = frozenset({
     "source", "destination", "body", "priority", "send_after", "expires_at", "idempotency_key", "message_class",
-    "metadata", "list_name", "campaign_key",
+    "metadata", "list_name", "campaign_key", "template", "variables",  # the last two: 0012 (templates)
 })
-DEFINER_FUNCTIONS = ("smsgw_opt_in", "smsgw_opt_out", "smsgw_leave_list")
+DEFINER_FUNCTIONS = ("smsgw_opt_in", "smsgw_opt_out", "smsgw_leave_list", "smsgw_set_attributes",
+                     "outbound_message_render")
 INSERT_ROW = "INSERT INTO outbound_message (source, destination, body) VALUES ('12345', '+12025550100', 'hi')"
 PRODUCER_INSERT = "INSERT INTO outbound_message (source, destination, body,"  # + one column a producer may not set
 

@@ -111,7 +111,8 @@ CREATE TEMP TABLE smsgw_import (
     line        integer     NOT NULL,
     msisdn      text        NOT NULL,
     opted_in_at timestamptz,
-    source      text
+    source      text,
+    attributes  jsonb   -- the file's extra columns (issue 10), NULL when none
 ) ON COMMIT DROP
 """
 
@@ -124,7 +125,8 @@ CREATE TEMP TABLE smsgw_import (
 # make every dispatcher re-check its whole buffer.
 IMPORT_APPLY = """
 WITH staged AS (
-    SELECT DISTINCT ON (msisdn) line, msisdn, opted_in_at, source FROM smsgw_import ORDER BY msisdn, line
+    SELECT DISTINCT ON (msisdn) line, msisdn, opted_in_at, source, attributes FROM smsgw_import
+    ORDER BY msisdn, line
 ), refused AS (
     SELECT s.line, s.msisdn FROM staged s
     WHERE EXISTS (SELECT 1 FROM opt_out o WHERE o.short_code = $1 AND o.msisdn = s.msisdn)
@@ -144,8 +146,16 @@ WITH staged AS (
                           || to_char(s.opted_in_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), '')
     FROM staged s JOIN added a USING (msisdn)
     RETURNING 1
+), attrs AS (
+    -- Attributes are the person's, not consent: merged for every number of the file that has some.
+    INSERT INTO subscriber AS t (short_code, msisdn, attributes)
+    SELECT $1, s.msisdn, s.attributes FROM staged s WHERE s.attributes IS NOT NULL
+    ON CONFLICT (short_code, msisdn) DO UPDATE
+        SET attributes = t.attributes || EXCLUDED.attributes, updated_at = now()
+    RETURNING 1
 )
 SELECT (SELECT count(*) FROM smsgw_import) AS rows,
+       (SELECT count(*) FROM attrs) AS attributes,
        (SELECT count(*) FROM staged) AS numbers,
        (SELECT count(*) FROM added) AS added,
        (SELECT count(*) FROM events) AS events,

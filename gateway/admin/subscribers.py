@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -58,6 +59,7 @@ class ImportReport:
     opted_out: list[tuple[int, str]] = field(default_factory=list)  # (line, +number) not re-subscribed
     seconds: float = 0.0
     list_created: bool = False
+    attributes_set: int = 0  # numbers whose attributes the extra columns set or merged
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -67,12 +69,15 @@ class ImportReport:
             "duplicates_in_file": self.duplicates_in_file,
             "bad_lines": [{"line": b.line, "value": b.value, "error": b.error} for b in self.bad],
             "opted_out_not_subscribed": [{"line": ln, "number": n} for ln, n in self.opted_out],
-            "list_created": self.list_created, "seconds": round(self.seconds, 3),
+            "list_created": self.list_created, "attributes_set": self.attributes_set, "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows / self.seconds) if self.seconds > 0 else None,
         }
 
 
-Record = tuple[int, str, dt.datetime | None, str | None]
+Record = tuple[int, str, dt.datetime | None, str | None, str | None]  # ..., attributes (JSON object text)
+
+# Columns with a meaning of their own; every other column of the header is a subscriber attribute (issue 10).
+_KNOWN_COLUMNS: Final = frozenset({"number", "opted_in_at", "source"})
 
 
 def _parse_time(raw: str) -> dt.datetime:
@@ -101,11 +106,12 @@ def parse_csv(stream: TextIO, default_region: str, report: ImportReport) -> Iter
     i_num = header.index("number")
     i_time = header.index("opted_in_at") if "opted_in_at" in header else None
     i_src = header.index("source") if "source" in header else None
-    return _records(reader, i_num, i_time, i_src, default_region, report)
+    attrs = [(i, h) for i, h in enumerate(header) if h and h not in _KNOWN_COLUMNS]
+    return _records(reader, i_num, i_time, i_src, default_region, report, attrs)
 
 
 def _records(reader: Any, i_num: int, i_time: int | None, i_src: int | None, default_region: str,
-             report: ImportReport) -> Iterator[Record]:
+             report: ImportReport, attrs: list[tuple[int, str]] | None = None) -> Iterator[Record]:
     for cells in reader:
         # reader.line_num is the physical line the record ended on: a quoted field may span lines.
         line = reader.line_num
@@ -127,8 +133,10 @@ def _records(reader: Any, i_num: int, i_time: int | None, i_src: int | None, def
         source = None
         if i_src is not None and i_src < len(cells):
             source = cells[i_src].strip() or None
+        # Extra columns: attributes of the subscriber (an empty cell sets nothing; keys are the header lowercased).
+        values = {key: cells[i].strip() for i, key in attrs or () if i < len(cells) and cells[i].strip()}
         report.valid += 1
-        yield line, msisdn, opted_in_at, source
+        yield line, msisdn, opted_in_at, source, json.dumps(values) if values else None
 
 
 def _progress(enabled: bool) -> Progress:
@@ -202,6 +210,7 @@ async def import_csv(
     progress: bool | None = None,
 ) -> ImportReport:
     """Import a CSV file (header with `number`, optional `opted_in_at`, `source`) into a list, in one transaction.
+    Any other column is a subscriber attribute (merged into `subscriber.attributes`; empty cells set nothing).
 
     Raises:
         AdminError: unreadable file, bad header, unknown list.
@@ -228,7 +237,8 @@ async def import_csv(
                 # Parsed in Python (phonenumbers is the one number rule of the gateway) and streamed into COPY as
                 # it is read: memory stays flat however long the file.
                 await conn.copy_records_to_table(
-                    "smsgw_import", records=records, columns=["line", "msisdn", "opted_in_at", "source"], timeout=600
+                    "smsgw_import", records=records, columns=["line", "msisdn", "opted_in_at", "source", "attributes"],
+                    timeout=600
                 )
             except UnicodeDecodeError as exc:
                 raise AdminError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})", code=2) from None
@@ -237,6 +247,7 @@ async def import_csv(
     report.numbers = row["numbers"]
     report.added = row["added"]
     report.consent_events = row["events"]
+    report.attributes_set = row["attributes"]
     report.duplicates_in_file = report.valid - report.numbers
     report.opted_out = [(ln, "+" + n) for ln, n in zip(row["refused_lines"], row["refused_numbers"], strict=True)]
     report.already_subscribed = report.numbers - report.added - len(report.opted_out)
@@ -254,6 +265,8 @@ def render_import(con: Console, report: ImportReport) -> None:
         f"consent events; {report.already_subscribed:,} already subscribed; {len(report.opted_out):,} opted out "
         f"(not subscribed again); {len(report.bad):,} bad lines; {report.seconds:.2f} s{rate}"
     )
+    if report.attributes_set:
+        con.print(f"attributes set for {report.attributes_set:,} numbers (the file's extra columns)")
     for b in report.bad[:SHOWN_BAD_LINES]:
         con.print(f"  line {b.line}: {text(b.value)!r}: {b.error}")
     if len(report.bad) > SHOWN_BAD_LINES:
