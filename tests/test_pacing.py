@@ -32,8 +32,12 @@ async def test_pacing_holds_the_configured_rate(
         times = sorted(r.received_at for r in sim.submits)
     counts = window_counts(times, seconds)
     # Generous: CI shares two cores with Postgres and the rest of the suite; bench/pacing.py has the +-2 % figures.
+    # Above the rate is the pacer's fault (what a carrier penalises): no window may be over. Below it, one window can
+    # be the machine's (simulator and gateway share this process; at 1,000/s a loaded box once gave 935, 978, 897):
+    # the windows together must carry 90 % of the rate, and none may fall under 80 %.
     margin = max(1, round(tps * 0.1))
-    assert all(abs(c - tps) <= margin for c in counts), counts
+    assert all(c <= tps + margin for c in counts), counts
+    assert sum(counts) >= 0.9 * tps * seconds and min(counts) >= 0.8 * tps - 1, counts
     # Smooth, not a burst at the start of each second: no 100 ms slice carries more than twice its share.
     if tps >= 100:
         t0 = times[0] + 2.0
