@@ -14,7 +14,7 @@ from typing import Any
 
 import asyncpg
 
-from gateway import maintenance, metrics
+from gateway import campaigns, maintenance, metrics
 from gateway.db import outbound_sql as sql
 from gateway.db.migrate import migrate
 from gateway.dispatcher import SmscDispatcher
@@ -79,6 +79,7 @@ class Gateway:
             self.pool, KeywordMatcher(s.keywords, s.keywords_default), s.inbound, default_region=d.default_region
         )
         await self.mo_processor.sync_lists(s.keywords)
+        await campaigns.sync_event_rules(self.pool, s.keywords)  # migration 0014: event -> message
         # Before anything sends: the triggers fan events out to the endpoints enabled in this table.
         await webhook_sender.sync_endpoints(self.pool, s.webhook)
         if s.webhooks.in_daemon:  # else `smsgw webhooks run` sends them, in a process of its own
@@ -124,6 +125,8 @@ class Gateway:
         self.router.start()
         upkeep = maintenance.run_forever(self.pool, d, s.webhooks)
         self._tasks.append(asyncio.create_task(upkeep, name="maintenance"))
+        # Scheduled campaigns (migration 0014): each due occurrence enqueued once, whichever instance gets there.
+        self._tasks.append(asyncio.create_task(campaigns.run_scheduler(self.pool), name="campaign-scheduler"))
         # Event-loop lag (every 0.25 s), pool in use and windows in use (every second): gateway/metrics.py.
         sampler = metrics.run_sampler(
             self.pool, lambda: [(disp.name, b.name, b) for disp in self.dispatchers for b in disp.binds]

@@ -810,5 +810,59 @@ def campaign_list(config_path: Path | None, limit: int, as_json: bool) -> None:
         campaigns.render_list(console(), rows)
 
 
+
+def _render_campaign(row: dict[str, Any]) -> str:
+    nxt = row["next_occurrence"].isoformat() if row["next_occurrence"] else "-"
+    return (f"{row['key']}: {row['status']}, {row['template']} to {row['short_code']}/{row['list_name']},"
+            f" schedule {row['schedule']!r}{' (local time)' if row['local_time'] else ' (UTC)'}, next {nxt}")
+
+
+@campaign.command("create")
+@_config_option
+@click.argument("key")
+@click.option("--short-code", required=True)
+@click.option("--list", "list_name", required=True, help="the subscriber list to send to")
+@click.option("--template", required=True, help="a template of the short code (`smsgw template set`)")
+@click.option("--schedule", required=True,
+              help='a cron expression ("0 10 * * 1": Mondays 10:00) or one ISO timestamp ("2026-12-01T10:00")')
+@click.option("--local-time", is_flag=True,
+              help="the schedule's times are wall-clock times in each recipient's time zone (else UTC)")
+@click.option("--variables", default="{}", show_default=True, help="JSON object common to every message")
+@_json_option
+def campaign_create(config_path: Path | None, key: str, short_code: str, list_name: str, template: str,
+                    schedule: str, local_time: bool, variables: str, as_json: bool) -> None:
+    """Schedule campaign KEY: the running daemon enqueues each occurrence once (campaign_key KEY@<occurrence>)."""
+    from gateway.admin import campaign_admin, to_json, with_connection
+
+    try:
+        values = json.loads(variables)
+    except ValueError as exc:
+        raise click.UsageError(f"--variables: {exc}") from None
+    if not isinstance(values, dict):
+        raise click.UsageError("--variables must be a JSON object")
+    dsn = _dsn(_load(config_path))
+    row = _admin_run(with_connection(dsn, lambda conn: campaign_admin.create(
+        conn, key=key, short_code=short_code, list_name=list_name, template=template, schedule=schedule,
+        local_time=local_time, variables=values)))
+    click.echo(to_json(row) if as_json else _render_campaign(row))
+
+
+def _campaign_status_command(action: str, help_text: str) -> None:
+    @campaign.command(action, help=help_text)
+    @_config_option
+    @click.argument("key")
+    @_json_option
+    def command(config_path: Path | None, key: str, as_json: bool) -> None:
+        from gateway.admin import campaign_admin, to_json, with_connection
+
+        dsn = _dsn(_load(config_path))
+        row = _admin_run(with_connection(dsn, lambda conn: campaign_admin.set_status(conn, key, action)))
+        click.echo(to_json(row) if as_json else _render_campaign(row))
+
+
+_campaign_status_command("pause", "Stop enqueuing occurrences of campaign KEY (rows already enqueued still go).")
+_campaign_status_command("resume", "Enqueue again from the next occurrence after now (paused ones are skipped).")
+_campaign_status_command("cancel", "End campaign KEY for good: no further occurrence.")
+
 if __name__ == "__main__":
     main()

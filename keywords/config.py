@@ -244,6 +244,25 @@ class ContentRules(_Model):
         return self.max_segments_marketing if message_class == "marketing" else self.max_segments_transactional
 
 
+class EventRule(_Model):
+    """An event rule (migration 0014): an event of this name recorded for a number (`smsgw_event`, or
+    `smsgw_emit_event(...)`) becomes a message from the short code's template ``template`` (`smsgw template`),
+    rendered with the event's variables. Synced into `event_rule` when the daemon starts."""
+
+    event: str = Field(description='lower-case event name, e.g. "order_shipped"')
+    template: str = Field(min_length=1, description="name of a message template of this short code")
+    message_class: Literal["transactional", "marketing"] = "transactional"
+    priority: int = Field(0, ge=-32768, le=32767)
+    enabled: bool = True
+
+    @field_validator("event")
+    @classmethod
+    def _check_event(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_.-]*", value):
+            raise ValueError(f"event name {value!r} must be lower-case: a-z, then a-z, 0-9, '_', '.' or '-'")
+        return value
+
+
 class ShortCodeKeywords(_Model):
     """Keywords, lists and replies of one short code.
 
@@ -269,6 +288,17 @@ class ShortCodeKeywords(_Model):
     templates: Templates = Templates()
     # Content checks before sending (gateway/content.py); None (no [keywords."X".content] table): no checks.
     content: ContentRules | None = None
+    # Event rules ([[keywords."X".events]]): one per event name.
+    events: tuple[EventRule, ...] = ()
+
+    @field_validator("events")
+    @classmethod
+    def _unique_events(cls, value: tuple[EventRule, ...]) -> tuple[EventRule, ...]:
+        names = [rule.event for rule in value]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"events: {twice} have more than one rule")
+        return value
 
     @field_validator("extra_opt_out", "extra_opt_in", "extra_help")
     @classmethod
