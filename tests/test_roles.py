@@ -47,7 +47,7 @@ PRODUCER_COLUMNS = frozenset({
     "metadata", "list_name", "campaign_key", "template", "variables",  # the last two: 0012 (templates)
 })
 DEFINER_FUNCTIONS = ("smsgw_opt_in", "smsgw_opt_out", "smsgw_leave_list", "smsgw_set_attributes",
-                     "outbound_message_render")
+                     "outbound_message_render", "smsgw_webhook_inserted_final")
 INSERT_ROW = "INSERT INTO outbound_message (source, destination, body) VALUES ('12345', '+12025550100', 'hi')"
 PRODUCER_INSERT = "INSERT INTO outbound_message (source, destination, body,"  # + one column a producer may not set
 

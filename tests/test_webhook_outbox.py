@@ -71,3 +71,31 @@ async def test_consent_changes_are_events_in_ledger_order(db_pool: asyncpg.Pool)
         "SELECT e.data->>'action' AS a FROM webhook_delivery d JOIN webhook_event e ON e.id = d.event_id"
         " ORDER BY d.id")]
     assert actions == ["opt_out", "opt_in"]
+
+
+async def test_a_row_inserted_already_final_sends_its_final_event(db_pool: asyncpg.Pool) -> None:
+    """A template the insert trigger cannot render ends the row rejected at INSERT: the CRM hears of it too."""
+    await db_pool.execute(ENDPOINT, "crm", ["message.final"], [])
+    row_id = await db_pool.fetchval(
+        "INSERT INTO outbound_message (source, destination, template) VALUES ('12345', '+12025550100', 'nope')"
+        " RETURNING id"
+    )
+    plain = await db_pool.fetchval(ENQUEUE, "+12025550101")  # inserted queued: no event
+    assert await db_pool.fetchval("SELECT status FROM outbound_message WHERE id = $1", row_id) == "rejected"
+    assert await _events(db_pool) == [("message.final", f"msg:{row_id}", "crm")]
+    data = await db_pool.fetchval("SELECT data FROM webhook_event")
+    assert '"reason": "template_unknown"' in data and f'"message_id": {plain}' not in data
+
+
+async def test_a_producer_can_insert_a_row_that_ends_final_at_insert(db_pool: asyncpg.Pool) -> None:
+    """The outbox is written as the trigger's owner: the producer role itself may not touch it."""
+    await db_pool.execute(ENDPOINT, "crm", ["message.final"], [])
+    async with db_pool.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL ROLE smsgw_producer")
+        await conn.execute(
+            "INSERT INTO outbound_message (source, destination, template) VALUES ('12345', '+12025550100', 'nope')"
+        )
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            async with conn.transaction():  # a savepoint: the refusal must not roll the insert back
+                await conn.execute("SELECT 1 FROM webhook_event")
+    assert [t for t, _, _ in await _events(db_pool)] == ["message.final"]
