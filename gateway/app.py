@@ -79,7 +79,11 @@ class Gateway:
             self.pool, KeywordMatcher(s.keywords, s.keywords_default), s.inbound, default_region=d.default_region
         )
         await self.mo_processor.sync_lists(s.keywords)
-        await campaigns.sync_event_rules(self.pool, s.keywords)  # migration 0014: event -> message
+        try:
+            await campaigns.sync_event_rules(self.pool, s.keywords)  # migration 0014: event -> message
+        except asyncpg.UndefinedTableError:
+            # The schema is older than the code (migrations not applied yet): start anyway, /readyz says why.
+            log.warning("event rules not synced: the database lacks migration 0014; apply the migrations")
         # Before anything sends: the triggers fan events out to the endpoints enabled in this table.
         await webhook_sender.sync_endpoints(self.pool, s.webhook)
         if s.webhooks.in_daemon:  # else `smsgw webhooks run` sends them, in a process of its own
