@@ -119,6 +119,11 @@ def normalise_number(raw: str, default_region: str) -> str | None:
     fast = _e164_fast(text)
     if fast is not False:
         return fast  # type: ignore[return-value]
+    return _parsed_number(text, default_region)
+
+
+def _parsed_number(text: str, default_region: str) -> str | None:
+    """`normalise_number` by the full `phonenumbers` parse: any format, the default region for national ones."""
     if not text or _LETTER.search(text) is not None:
         # phonenumbers reads letters as a vanity number (+1202555CALL -> ...2255): a producer's typo or a
         # placeholder would reach a stranger, so letters make the number invalid.
