@@ -3,9 +3,26 @@
 Rules (measured in shared/postgres-queue.md): the claim's ORDER BY equals the queue index; every write
 of a claimed row is fenced by its claim token; hot-path writes are `unnest` batches, never one row
 per statement; no transaction is held open between statements.
+
+Plans must not depend on the queue's column statistics. Its status mix changes within seconds and the
+statistics lag: analysed just after a broadcast is enqueued, they say no row is claimed or submitted. A constant
+condition on the written table (`m.status = 'submitted'`) is then estimated at one row, and the planner put
+outbound_message on the outer side of a nested loop and scanned the whole batch once per row (a 6,400-receipt
+flush took 13.5 s), or scanned the whole table for every batch of marks. So in a batched write, every condition
+on the written table is a join clause with the batch: its id and claim token, and the states and time limit of
+the one-row `_GUARD` CTE, which MATERIALIZED hides from the planner. A key lookup per batch row is a scalar
+subquery (`... LIMIT 1`), which the planner cannot turn into a scan of the whole table the way it may hash an
+EXISTS. tests/test_plans.py checks each plan on statistics taken while every row was queued.
 """
 
 from __future__ import annotations
+
+# The states and the receipt window a batched write checks, as columns (see the module docstring). {since}: the
+# parameter holding the receipt timeout in seconds, or NULL where no window applies.
+_GUARD = """guard AS MATERIALIZED (
+    SELECT 'claimed'::text AS claimed, 'submitted'::text AS submitted,
+           now() - make_interval(secs => {since}) AS since
+)"""
 
 # $1 claim token, $2 lease seconds, $3 limit. The router picks the SMSC afterwards; marks and settles record it.
 _CLAIM = """
@@ -45,10 +62,11 @@ CLAIM_EXCLUDING = _CLAIM.format(excluding="""
 # $1 ids, $2 their claim tokens, $3 lease seconds. Rows still held by a dispatcher (buffered, being sent, awaiting
 # their response) keep their claim; a row no longer claimed with that token is not returned (it is not ours).
 RENEW_LEASES = """
+WITH """ + _GUARD.format(since="NULL") + """
 UPDATE outbound_message m
 SET claimed_until = now() + make_interval(secs => $3)
-FROM unnest($1::bigint[], $2::text[]) AS i(id, token)
-WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
+FROM unnest($1::bigint[], $2::text[]) AS i(id, token), guard g
+WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = g.claimed
 RETURNING m.id
 """
 
@@ -99,7 +117,7 @@ MARK_SUBMITTED = """
 WITH i AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])
         AS t(id, token, smsc, message_id, msgid_key, bind_name)
-), """ + _take_parked("i", "$7", ("id",)) + """
+), """ + _GUARD.format(since="NULL") + """, """ + _take_parked("i", "$7", ("id",)) + """
 UPDATE outbound_message m
 SET status = COALESCE(parked.status, 'submitted'),
     smsc = i.smsc, smsc_message_id = i.message_id, smsc_msgid_key = i.msgid_key, bind_name = i.bind_name,
@@ -109,15 +127,15 @@ SET status = COALESCE(parked.status, 'submitted'),
     reason = parked.reason,
     done_at = CASE WHEN parked.status IS NULL THEN NULL ELSE now() END,
     updated_at = now()
-FROM i LEFT JOIN parked ON parked.mark_id = i.id
-WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
+FROM i CROSS JOIN guard g LEFT JOIN parked ON parked.mark_id = i.id
+WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = g.claimed
 """
 
 # The outcome of multi-part messages from the states of their parts ({parts}: message_id, seq, status,
 # receipt_stat, error_code, reason): final when no part is still 'submitted'; delivered when every part is,
-# else the first failing part (by seq) decides. One rule for the mark and for receipts.
+# else the first failing part (by seq) decides. One rule for the mark and for receipts. {first}: more aggregates.
 _PART_OUTCOMES = """
-    SELECT message_id, bool_and(status <> 'submitted') AS all_done,
+    SELECT message_id,{first} bool_and(status <> 'submitted') AS all_done,
            (array_agg(status ORDER BY seq) FILTER (WHERE failing))[1] AS fail_status,
            (array_agg(receipt_stat ORDER BY seq) FILTER (WHERE failing))[1] AS fail_stat,
            (array_agg(error_code ORDER BY seq) FILTER (WHERE failing))[1] AS fail_code,
@@ -133,23 +151,34 @@ WITH i AS (
     SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::smallint[], $5::smallint[], $6::text[],
                          $7::text[], $8::text[])
         AS t(id, token, smsc, seq, total, message_id, msgid_key, bind_name)
-), fenced AS (
-    SELECT i.* FROM i JOIN outbound_message m ON m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
-), """ + _take_parked("fenced", "$9", ("id", "seq")) + """, parts AS (
+), """ + _GUARD.format(since="NULL") + """, fenced AS (
+    SELECT i.* FROM i CROSS JOIN guard g
+    JOIN outbound_message m ON m.id = i.id AND m.claimed_by = i.token AND m.status = g.claimed
+), """ + _take_parked("fenced", "$9", ("id", "seq")) + """, marked AS (
+    SELECT f.*, coalesce(pk.status, 'submitted') AS status, pk.receipt_stat, pk.error_code, pk.reason
+    FROM fenced f LEFT JOIN parked pk ON pk.mark_id = f.id AND pk.mark_seq = f.seq
+), parts AS (
     INSERT INTO message_part AS mp (message_id, seq, total, smsc, smsc_message_id, smsc_msgid_key, status,
                                     receipt_stat, error_code, reason, done_at)
-    SELECT f.id, f.seq, f.total, f.smsc, f.message_id, f.msgid_key, coalesce(pk.status, 'submitted'),
-           pk.receipt_stat, pk.error_code, pk.reason, CASE WHEN pk.status IS NULL THEN NULL ELSE now() END
-    FROM fenced f LEFT JOIN parked pk ON pk.mark_id = f.id AND pk.mark_seq = f.seq
+    SELECT id, seq, total, smsc, message_id, msgid_key, status, receipt_stat, error_code, reason,
+           CASE WHEN status = 'submitted' THEN NULL ELSE now() END
+    FROM marked
     -- A retried message replaces the parts of its earlier attempt.
     ON CONFLICT (message_id, seq) DO UPDATE
         SET smsc = EXCLUDED.smsc, smsc_message_id = EXCLUDED.smsc_message_id,
             smsc_msgid_key = EXCLUDED.smsc_msgid_key, status = EXCLUDED.status,
             receipt_stat = EXCLUDED.receipt_stat, error_code = EXCLUDED.error_code, reason = EXCLUDED.reason,
             submitted_at = now(), done_at = EXCLUDED.done_at
-    RETURNING mp.message_id, mp.seq, mp.status, mp.receipt_stat, mp.error_code, mp.reason
 ), agg AS (
-""" + _PART_OUTCOMES.format(parts="SELECT message_id, seq, status, receipt_stat, error_code, reason FROM parts") + """
+    -- From the rows as written (not from another CTE's output joined back: see the module docstring), with the
+    -- first part's SMSC fields for the message row.
+""" + _PART_OUTCOMES.format(
+    parts="SELECT id AS message_id, seq, total, smsc, message_id AS smsc_message_id, bind_name, status,"
+          " receipt_stat, error_code, reason FROM marked",
+    first="""
+           (array_agg(smsc ORDER BY seq))[1] AS smsc, (array_agg(smsc_message_id ORDER BY seq))[1] AS smsc_message_id,
+           (array_agg(bind_name ORDER BY seq))[1] AS bind_name, max(total) AS total,""",
+) + """
 )
 UPDATE outbound_message m
 SET status = CASE WHEN a.all_done THEN coalesce(a.fail_status, 'delivered') ELSE 'submitted' END,
@@ -157,14 +186,15 @@ SET status = CASE WHEN a.all_done THEN coalesce(a.fail_status, 'delivered') ELSE
     error_code = CASE WHEN a.all_done THEN a.fail_code END,
     reason = CASE WHEN a.all_done THEN coalesce(a.fail_reason, 'delivered') END,
     done_at = CASE WHEN a.all_done THEN now() END,
-    smsc = f.smsc, smsc_message_id = f.message_id, bind_name = f.bind_name, parts = f.total,
+    smsc = a.smsc, smsc_message_id = a.smsc_message_id, bind_name = a.bind_name, parts = a.total,
     submitted_at = now(), claimed_by = NULL, claimed_until = NULL, updated_at = now()
-FROM agg a JOIN fenced f ON f.id = a.message_id AND f.seq = 1
+FROM agg a
 WHERE m.id = a.message_id
 """
 
 # Anything else that ends a claim: back to the queue after a delay (retry, release) or a final status.
 SETTLE = """
+WITH """ + _GUARD.format(since="NULL") + """
 UPDATE outbound_message m
 SET status = i.status,
     send_after = CASE WHEN i.status = 'queued' THEN now() + make_interval(secs => i.delay) ELSE m.send_after END,
@@ -178,17 +208,18 @@ SET status = i.status,
     claimed_by = NULL, claimed_until = NULL, updated_at = now()
 FROM unnest($1::bigint[], $2::text[], $3::text[], $4::float8[], $5::bigint[], $6::text[], $7::int[], $8::text[],
             $9::text[], $10::text[])
-    AS i(id, token, status, delay, error_code, reason, attempts_delta, bind_name, smsc, detail)
-WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = 'claimed'
+    AS i(id, token, status, delay, error_code, reason, attempts_delta, bind_name, smsc, detail), guard g
+WHERE m.id = i.id AND m.claimed_by = i.token AND m.status = g.claimed
 """
 
 # A message (or part) submitted within the last $11 seconds (the receipt timeout) whose key is {key}: a receipt
 # matches only those, so an id the SMSC reuses later never takes an old message's receipt, nor the reverse.
+# Scalar subqueries, not EXISTS: one index probe per receipt (see the module docstring).
 _LIVE_KEY = """(
-        EXISTS (SELECT 1 FROM outbound_message m WHERE m.smsc = i.smsc AND m.smsc_msgid_key = {key}
-                AND m.submitted_at > now() - make_interval(secs => $11))
-        OR EXISTS (SELECT 1 FROM message_part p WHERE p.smsc = i.smsc AND p.smsc_msgid_key = {key}
-                   AND p.submitted_at > now() - make_interval(secs => $11)))"""
+        (SELECT true FROM outbound_message m WHERE m.smsc = i.smsc AND m.smsc_msgid_key = {key}
+                AND m.submitted_at > g.since LIMIT 1)
+        OR (SELECT true FROM message_part p WHERE p.smsc = i.smsc AND p.smsc_msgid_key = {key}
+            AND p.submitted_at > g.since LIMIT 1))"""
 
 # Final receipts: update the submitted single-part row, or the part of a multi-part message (which is final
 # when all its parts are: delivered, or the first failing part's outcome), or park the receipt when no row
@@ -204,42 +235,43 @@ WITH i AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                          $8::bigint[], $9::text[], $10::timestamptz[])
         AS t(smsc, key0, key1, key2, message_id, status, receipt_stat, error_code, reason, received_at)
-), k AS (
+), """ + _GUARD.format(since="$11") + """, k AS MATERIALIZED (
     -- One CASE, evaluated once per receipt (its probes stop at the first key that matches).
     SELECT i.*, CASE
         WHEN """ + _LIVE_KEY.format(key="i.key0") + """ THEN i.key0
         WHEN i.key1 IS NOT NULL AND """ + _LIVE_KEY.format(key="i.key1") + """ THEN i.key1
         WHEN i.key2 IS NOT NULL AND """ + _LIVE_KEY.format(key="i.key2") + """ THEN i.key2
-    END AS msgid_key
-    FROM i
+    END AS msgid_key, g.submitted AS live, g.since
+    FROM i CROSS JOIN guard g
 ), upd AS (
     UPDATE outbound_message m
     SET status = k.status, receipt_stat = k.receipt_stat, error_code = k.error_code, reason = k.reason,
         done_at = now(), updated_at = now()
     FROM k
-    WHERE m.smsc = k.smsc AND m.smsc_msgid_key = k.msgid_key AND m.status = 'submitted'
-      AND m.submitted_at > now() - make_interval(secs => $11)
+    WHERE m.smsc = k.smsc AND m.smsc_msgid_key = k.msgid_key AND m.status = k.live AND m.submitted_at > k.since
     RETURNING m.id, m.smsc, m.status, m.receipt_stat, extract(epoch FROM now() - m.submitted_at)::float8 AS age
 ), part AS (
     UPDATE message_part p
     SET status = k.status, receipt_stat = k.receipt_stat, error_code = k.error_code, reason = k.reason, done_at = now()
     FROM k
-    WHERE p.smsc = k.smsc AND p.smsc_msgid_key = k.msgid_key AND p.status = 'submitted'
-      AND p.submitted_at > now() - make_interval(secs => $11)
+    WHERE p.smsc = k.smsc AND p.smsc_msgid_key = k.msgid_key AND p.status = k.live AND p.submitted_at > k.since
     RETURNING p.message_id, p.seq, p.status, p.receipt_stat, p.error_code, p.reason
 ), agg AS (
-""" + _PART_OUTCOMES.format(parts="""
-        SELECT p.message_id, p.seq, coalesce(n.status, p.status) AS status,
-               coalesce(n.receipt_stat, p.receipt_stat) AS receipt_stat,
-               coalesce(n.error_code, p.error_code) AS error_code, coalesce(n.reason, p.reason) AS reason
-        FROM message_part p LEFT JOIN part n ON n.message_id = p.message_id AND n.seq = p.seq
-        WHERE p.message_id IN (SELECT message_id FROM part)""") + """
+""" + _PART_OUTCOMES.format(first="", parts="""
+        -- Each part of the messages touched: its new state from `part`, else its stored one (a union, not a
+        -- join of the table back to `part`: see the module docstring).
+        SELECT DISTINCT ON (message_id, seq) message_id, seq, status, receipt_stat, error_code, reason
+        FROM (SELECT message_id, seq, status, receipt_stat, error_code, reason, 0 AS stored FROM part
+              UNION ALL
+              SELECT p.message_id, p.seq, p.status, p.receipt_stat, p.error_code, p.reason, 1
+              FROM message_part p WHERE p.message_id IN (SELECT message_id FROM part)) s
+        ORDER BY message_id, seq, stored""") + """
 ), done AS (
     UPDATE outbound_message m
     SET status = coalesce(a.fail_status, 'delivered'), receipt_stat = coalesce(a.fail_stat, 'DELIVRD'),
         error_code = a.fail_code, reason = coalesce(a.fail_reason, 'delivered'), done_at = now(), updated_at = now()
-    FROM agg a
-    WHERE m.id = a.message_id AND a.all_done AND m.status = 'submitted'
+    FROM agg a CROSS JOIN guard g
+    WHERE m.id = a.message_id AND a.all_done AND m.status = g.submitted
     RETURNING m.id, m.smsc, m.status, m.receipt_stat, extract(epoch FROM now() - m.submitted_at)::float8 AS age
 ), parked AS (
     INSERT INTO pending_receipt (smsc, msgid_key, alt_key1, alt_key2, message_id, status, receipt_stat, error_code,
