@@ -6,8 +6,9 @@ only at an instant that is inside the sending window in every zone of the number
 the earliest closing). When no instant is inside the window in all the zones (a window shorter than the
 spread of the offsets, e.g. 10:00-12:00 for a US toll-free number, which spans Guam to Newfoundland),
 the first zone that ``phonenumbers`` lists is used alone, so such numbers are not blocked forever.
-Whether a common window exists is judged over the coming week, so in the rare zone sets whose overlap
-appears or vanishes with a DST change, the fallback applies only while no common window is in sight.
+Whether a common window exists is judged over the coming 8 days (windows opening later do not count), so in
+the rare zone sets whose overlap appears or vanishes with a DST change, the fallback applies only while no
+common window is in sight.
 
 Window semantics, in each zone's wall-clock time:
 
@@ -20,6 +21,10 @@ Window semantics, in each zone's wall-clock time:
 
 All computations are on UTC instants, so the length of a window on a DST-change day is the real elapsed
 time (e.g. 22:00-06:00 is 9 hours on the night of the fall-back change in New York).
+
+Cost: a campaign asks once per recipient. The windows of a zone set are computed once per UTC day (cached),
+so a call costs the number's zone lookup and a short scan; working the windows out per call cost three
+times as much as the rest of a marketing row's admission.
 """
 
 from __future__ import annotations
@@ -37,8 +42,7 @@ __all__ = ["next_allowed", "zones_for_number"]
 
 _UNKNOWN_ZONE: Final = "Etc/Unknown"  # phonenumbers' answer when it has no zone for a number
 _MINUTE: Final = timedelta(minutes=1)
-# Windows are computed for local days from yesterday (an overnight window that began yesterday may
-# still be open) to this many days ahead; a week covers every case where a common window exists.
+# How far ahead a window counts: a week covers every case where a common window exists.
 _DAYS_AHEAD: Final = 8
 
 _Interval = tuple[datetime, datetime]  # [opens, closes) as aware UTC datetimes
@@ -96,13 +100,14 @@ def _wall_to_utc(day: date, wall: time, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(lo, UTC)
 
 
-def _windows(zone: ZoneInfo, now: datetime, start: time, end: time) -> list[_Interval]:
-    """The allowed intervals in ``zone`` for the local days around ``now``, in time order."""
-    today = now.astimezone(zone).date()
+def _windows(zone: ZoneInfo, utc_day: date, start: time, end: time) -> list[_Interval]:
+    """The allowed intervals in ``zone``, in time order, for every instant of ``utc_day`` and _DAYS_AHEAD days
+    after it: local days from two before ``utc_day`` (an overnight window that began the local day before
+    may still be open; local dates run up to a day either side of UTC) to _DAYS_AHEAD + 2 after it."""
     overnight = start > end
     intervals: list[_Interval] = []
-    for offset in range(-1, _DAYS_AHEAD + 1):
-        day = today + timedelta(days=offset)
+    for offset in range(-2, _DAYS_AHEAD + 3):
+        day = utc_day + timedelta(days=offset)
         opens = _wall_to_utc(day, start, zone)
         closes = _wall_to_utc(day + timedelta(days=1) if overnight else day, end, zone)
         if opens < closes:
@@ -126,11 +131,28 @@ def _intersect(left: list[_Interval], right: list[_Interval]) -> list[_Interval]
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _day_plan(
+    zone_names: tuple[str, ...], utc_day: date, start: time, end: time
+) -> tuple[list[_Interval], list[_Interval]]:
+    """(windows common to every zone, windows of the first zone alone) for the instants of ``utc_day``."""
+    zones = [ZoneInfo(name) for name in zone_names]
+    first = _windows(zones[0], utc_day, start, end)
+    common = first
+    for zone in zones[1:]:
+        common = _intersect(common, _windows(zone, utc_day, start, end))
+    return common, first
+
+
 def _first_allowed(intervals: Iterable[_Interval], now: datetime) -> tuple[bool, datetime | None]:
-    """(found, when): when is None if ``now`` is allowed, else the next allowed whole minute."""
+    """(found, when): when is None if ``now`` is allowed, else the next allowed whole minute (within
+    _DAYS_AHEAD days)."""
+    horizon = now + timedelta(days=_DAYS_AHEAD)
     for opens, closes in intervals:
         if closes <= now:
             continue
+        if opens > horizon:
+            break
         if opens <= now:
             return True, None
         # Round up to a whole minute; a sliver of a window shorter than that is skipped.
@@ -170,13 +192,11 @@ def next_allowed(
         raise ValueError(f"empty sending window: start and end are both {start}")
     now = now.astimezone(UTC)
     zones = zones_for_number(msisdn_e164_digits, default_tz)
-    common = _windows(zones[0], now, start, end)
-    for zone in zones[1:]:
-        common = _intersect(common, _windows(zone, now, start, end))
+    common, first = _day_plan(tuple(z.key for z in zones), now.date(), start, end)
     found, when = _first_allowed(common, now)
     if not found and len(zones) > 1:
         # No instant suits every zone: rather than never sending, follow the first zone alone.
-        found, when = _first_allowed(_windows(zones[0], now, start, end), now)
+        found, when = _first_allowed(first, now)
     if not found:
         # One zone always has a window every day unless it holds no whole minute (08:00:10-08:00:50).
         raise ValueError(f"sending window {start}-{end} contains no whole minute")
