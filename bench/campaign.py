@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -53,6 +54,14 @@ TEMPLATE = "Hi {first_name|there}, Acme Alerts: {offer|20% off} this week at {st
 # The template with its defaults: the same text, the same length class, one fixed body for every recipient.
 PLAIN_BODY = "Hi there, Acme Alerts: 20% off this week at our stores. Reply STOP to opt out"
 STORES = ["Main St", "Harbour Mall", "Riverside", "Old Town", "Airport"]
+
+# The round's costliest statements (--pg-stats): time, calls, and the shared blocks they touched per call.
+PG_STATS = """
+    SELECT round(total_exec_time::numeric, 1) AS total_ms, calls, round(mean_exec_time::numeric, 3) AS mean_ms,
+           round((shared_blks_hit + shared_blks_read)::numeric / greatest(calls, 1), 1) AS blocks_per_call,
+           round(shared_blks_dirtied::numeric / greatest(calls, 1), 1) AS dirtied_per_call,
+           rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 110) AS query
+    FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 8"""
 
 # Every row the gateway can still act on.
 NOT_FINAL = "status IN ('queued', 'claimed', 'submitted')"
@@ -121,11 +130,19 @@ async def run_round(args: argparse.Namespace, dsn: str, data_dir: Path, config: 
         pre = await pre_checks(conn, key)
         # Not timed: statistics of the queue as the gateway will find it (not of the empty table).
         await conn.execute("ANALYZE outbound_message")
+        if args.pg_stats:
+            await conn.execute("SELECT pg_stat_statements_reset()")
         t_start_db: datetime = await conn.fetchval("SELECT clock_timestamp()")
         gw = subprocess.Popen([SMSGW, "run", "--config", str(config)], env=env, stdout=subprocess.DEVNULL,
                               stderr=open(tmp / f"gateway-{key}.log", "wb"))
+        profiler = None
         try:
             wait_port(metrics_port, 30)
+            if args.profile:  # sampled stacks of the gateway for the whole round, `collapsed` text for flamegraphs
+                profiler = subprocess.Popen(
+                    [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(gw.pid), "--rate", "250",
+                     "--nonblocking", "--format", "raw", "--output", str(tmp / f"profile-{key}.txt")],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
             def gateway_procs() -> list[psutil.Process]:
                 try:
@@ -150,6 +167,8 @@ async def run_round(args: argparse.Namespace, dsn: str, data_dir: Path, config: 
             metrics_text = await asyncio.to_thread(scrape, [metrics_port])
         finally:
             stop([gw], timeout=60)
+            if profiler is not None:
+                profiler.wait(timeout=30)
         gw_exit = gw.returncode
         last_done = await conn.fetchval("SELECT max(done_at) FROM outbound_message")
         statuses = {f"{r['status']}:{r['reason']}": r["count"] for r in await conn.fetch(
@@ -159,6 +178,8 @@ async def run_round(args: argparse.Namespace, dsn: str, data_dir: Path, config: 
             "SELECT body FROM outbound_message WHERE destination = ANY($1::text[]) ORDER BY destination",
             ["+12020000001", "+12020000003", "+12020000010"])]
         parked = await conn.fetchval("SELECT count(*) FROM pending_receipt")
+        statements = ([{k: float(v) if isinstance(v, Decimal) else v for k, v in r.items()}
+                       for r in await conn.fetch(PG_STATS)] if args.pg_stats else None)
     finally:
         await conn.close()
     run_s = (last_done - t_start_db).total_seconds() if last_done else samples[-1].at
@@ -179,7 +200,7 @@ async def run_round(args: argparse.Namespace, dsn: str, data_dir: Path, config: 
         "all_delivered_with_receipt": all_delivered, "ok": ok and gw_exit == 0 and all_delivered
         and pre["without_consent"] == 0 and pre["marketing_news"] == rows,
         "pre": pre, "reading_pauses": counter_value(metrics_text, "smsgw_reading_pauses_total"),
-        "gateway_exit_code": gw_exit, "sample_bodies": sample_bodies,
+        "gateway_exit_code": gw_exit, "sample_bodies": sample_bodies, "statements": statements,
     }
 
 
@@ -215,11 +236,20 @@ async def main() -> int:
                     help="add a third round per pair: the plain body with the content checks OFF (the cost of the"
                          " checks themselves)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) after the run")
+    ap.add_argument("--pg-stats", action="store_true",
+                    help="print each round's costliest statements (pg_stat_statements, reset at the gateway's start)")
+    ap.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a Postgres server setting (repeatable), e.g. session_preload_libraries=auto_explain")
+    ap.add_argument("--profile", action="store_true",
+                    help="record the gateway with py-spy in every round (profile-<round>.txt in the kept directory)")
     args = ap.parse_args()
     n = args.subscribers
 
     tmp = Path(tempfile.mkdtemp(prefix="smsgw-bench-campaign-"))
-    pg = EmbeddedPostgres(tmp / "pg")
+    pg_settings = dict(kv.split("=", 1) for kv in args.pg_setting)
+    if args.pg_stats:
+        pg_settings["shared_preload_libraries"] = "pg_stat_statements"
+    pg = EmbeddedPostgres(tmp / "pg", settings=pg_settings)
     procs: list[subprocess.Popen[bytes]] = []
     rounds: list[dict] = []
     try:
@@ -229,6 +259,8 @@ async def main() -> int:
         try:
             await migrate(conn)
             setup_s = await setup(conn, n)
+            if args.pg_stats:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         finally:
             await conn.close()
 
@@ -277,14 +309,19 @@ async def main() -> int:
                 print(f"round {len(rounds)} {kind:12s}: enqueue {r['enqueue_s']:.2f} s"
                       f" ({r['enqueue_rows_per_s']:,} rows/s); {r['msg_per_s']} msg/s over {r['run_s']} s"
                       f" (steady {r['steady_msg_per_s']}); cpu us/msg steady gateway {cpu.get('gateway')}"
-                      f" postgres {cpu.get('postgres')} simulator {cpu.get('simulator')};"
+                      f" postgres {cpu.get('postgres')} (background {cpu.get('postgres_background')})"
+                      f" simulator {cpu.get('simulator')};"
                       f" {r['statuses']}, receipts {r['receipts_recorded']:,}, consent missing"
                       f" {r['pre']['without_consent']}, distinct bodies {r['pre']['distinct_bodies']:,}"
                       f" -> {'OK' if r['ok'] else 'FAILED'}", flush=True)
+                for st in r["statements"] or []:
+                    print(f"    {st['total_ms']:>9} ms {st['calls']:>7} calls {st['mean_ms']:>8} ms/call"
+                          f" {st['blocks_per_call']:>8} blocks/call {st['dirtied_per_call']:>6} dirtied/call"
+                          f"  {st['query']}")
     finally:
         stop(procs, timeout=60)
         pg.stop()
-        if not args.keep and all(r["ok"] for r in rounds) and rounds:
+        if not (args.keep or args.profile) and all(r["ok"] for r in rounds) and rounds:
             shutil.rmtree(tmp, ignore_errors=True)
 
     ratios = {

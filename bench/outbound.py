@@ -96,12 +96,18 @@ def postgres_procs(data_dir: Path) -> list[psutil.Process]:
     return [master, *master.children()]
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
+def cpu_seconds(procs: list[psutil.Process], *, reaped: bool = True) -> float:
+    """CPU seconds used so far by the live processes and by the children they have already reaped.
+
+    The reaped children count because Postgres starts and ends processes all the time (autovacuum workers,
+    a backend per connection): summing only the live ones would lose a worker's seconds when it exits between
+    two samples, or count a whole run's worth of them when it starts in between.
+    """
     total = 0.0
     for p in procs:
         try:
             t = p.cpu_times()
-            total += t.user + t.system
+            total += t.user + t.system + (t.children_user + t.children_system if reaped else 0.0)
         except psutil.Error:
             pass
     return total
@@ -124,6 +130,9 @@ class Sample:
     simulator: float
     machine: float
     rss: int
+    # Of `postgres`: the seconds not spent by a live client connection (autovacuum, checkpoints, WAL writing,
+    # and connections that have ended).
+    postgres_background: float = 0.0
 
 
 def sample(at: float, final: int, gw: list[psutil.Process], pg: list[psutil.Process],
@@ -134,7 +143,18 @@ def sample(at: float, final: int, gw: list[psutil.Process], pg: list[psutil.Proc
             rss += p.memory_info().rss
         except psutil.Error:
             pass
-    return Sample(at, final, cpu_seconds(gw), cpu_seconds(pg), cpu_seconds(sim), machine_busy_seconds(), rss)
+    pg_total = cpu_seconds(pg)
+    pg_clients = cpu_seconds([p for p in pg if _is_client_backend(p)], reaped=False)
+    return Sample(at, final, cpu_seconds(gw), pg_total, cpu_seconds(sim), machine_busy_seconds(), rss,
+                  postgres_background=pg_total - pg_clients)
+
+
+def _is_client_backend(p: psutil.Process) -> bool:
+    """A Postgres process serving a connection: its title is `postgres: user db host(port) state`."""
+    try:
+        return "(" in " ".join(p.cmdline())
+    except psutil.Error:
+        return False
 
 
 def cores(a: Sample, b: Sample) -> dict[str, float]:
@@ -157,6 +177,7 @@ def cpu_per_message(a: Sample, b: Sample) -> dict[str, float] | None:
     return {
         "gateway": round((b.gateway - a.gateway) / done * 1e6, 1),
         "postgres": round((b.postgres - a.postgres) / done * 1e6, 1),
+        "postgres_background": round((b.postgres_background - a.postgres_background) / done * 1e6, 1),
         "simulator": round((b.simulator - a.simulator) / done * 1e6, 1),
     }
 

@@ -24,7 +24,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Final
@@ -105,11 +105,14 @@ class EmbeddedPostgres:
         *,
         log_file: Path | None = None,
         shared_buffers: str = "256MB",
+        settings: Mapping[str, str] | None = None,
     ) -> None:
         """Describe the cluster; nothing happens on disk until :meth:`start`.
 
         ``port`` None picks a free port at start. ``log_file`` defaults to ``<data_dir>.log`` next to the
         data directory (initdb wants the data directory empty, and the log must survive a failed initdb).
+        ``settings`` are more server settings (``{"shared_preload_libraries": "pg_stat_statements"}`` for a
+        benchmark that reads statement statistics).
         """
         self.data_dir = Path(data_dir).absolute()
         self._requested_port = port
@@ -118,6 +121,7 @@ class EmbeddedPostgres:
             log_file = self.data_dir.with_name(self.data_dir.name + ".log")
         self.log_file = Path(log_file).absolute()
         self.shared_buffers = shared_buffers
+        self.settings = dict(settings or {})
         self._socket_dir: Path | None = None
         self._running = False
         self._bindir: Path | None = None
@@ -354,6 +358,7 @@ class EmbeddedPostgres:
             # A forgotten open transaction stops vacuum and bloats the queue index: cut it off.
             "-c idle_in_transaction_session_timeout=60s",
         ]
+        options += ["-c " + shlex.quote(f"{name}={value}") for name, value in self.settings.items()]
         return " ".join(options)
 
     def _pg_ctl_start(self) -> None:
