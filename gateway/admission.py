@@ -89,7 +89,7 @@ class Admission:
                 )
                 if refusal is not None:
                     self.reject(item.msg, item.token, refusal)
-                elif self._outside_quiet_hours(item, now):
+                elif self._outside_quiet_hours(item, now, check["time_zone"]):
                     ready.append(item)
             except Exception as exc:
                 self.invalid(item.msg.id, item.token, exc)
@@ -226,14 +226,15 @@ class Admission:
                 )
         return [item for item in items if item.msg.id not in refused]
 
-    def _outside_quiet_hours(self, item: Item, now: datetime) -> bool:
-        """Marketing to a recipient whose local time is in quiet hours waits (not fails) until it is not."""
+    def _outside_quiet_hours(self, item: Item, now: datetime, time_zone: str | None) -> bool:
+        """Marketing to a recipient whose local time is in quiet hours waits (not fails) until it is not.
+        `time_zone`: the subscriber's own zone attribute, if any (else the number's zones)."""
         s = self.settings
         if not s.quiet_hours or item.msg.message_class != "marketing":
             return True
         when = next_allowed(
             item.parts[0][1].destination_addr, now, start=s.quiet_hours_start, end=s.quiet_hours_end,
-            default_tz=s.quiet_hours_default_tz,
+            default_tz=s.quiet_hours_default_tz, time_zone=time_zone,
         )
         if when is None:
             return True

@@ -22,12 +22,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import asyncpg
 from croniter import croniter
 
-from gateway.quiet_hours import zones_for_number
+from gateway.quiet_hours import named_zone, zones_for_number
 from keywords.config import ShortCodeKeywords
 
 log = logging.getLogger(__name__)
@@ -167,20 +167,11 @@ class Schedule:
         return f"{campaign}@{occurrence.isoformat()}{'' if self.local_time else 'Z'}"
 
 
-@functools.lru_cache(maxsize=1024)
-def _zone(name: str) -> ZoneInfo | None:
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return None
-
-
 def recipient_zone(destination: str, time_zone: str | None) -> ZoneInfo:
     """The recipient's zone: the subscriber attribute `time_zone` when it names a zone, else the number's."""
-    if time_zone:
-        zone = _zone(time_zone)
-        if zone is not None:
-            return zone
+    zone = named_zone(time_zone)
+    if zone is not None:
+        return zone
     digits = "".join(ch for ch in destination if ch.isdigit())
     try:
         return zones_for_number(digits, DEFAULT_TIME_ZONE)[0]

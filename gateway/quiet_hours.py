@@ -1,6 +1,8 @@
 """Marketing quiet hours in the recipient's local time.
 
-A number's time zones come from ``phonenumbers`` (offline geocoding data). A number may map to several
+The recipient's zone is the subscriber's own `time_zone` attribute when it names a known zone (the same rule as a
+campaign's local-time send, gateway/campaigns.py): a number says where it was issued, not where its owner lives.
+Otherwise a number's time zones come from ``phonenumbers`` (offline geocoding data). A number may map to several
 zones (a US toll-free number, a Russian or Australian mobile): the rule is conservative, a message goes
 only at an instant that is inside the sending window in every zone of the number (the latest opening to
 the earliest closing). When no instant is inside the window in all the zones (a window shorter than the
@@ -38,7 +40,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import phonenumbers
 from phonenumbers.timezone import time_zones_for_number
 
-__all__ = ["next_allowed", "zones_for_number"]
+__all__ = ["named_zone", "next_allowed", "zones_for_number"]
 
 _UNKNOWN_ZONE: Final = "Etc/Unknown"  # phonenumbers' answer when it has no zone for a number
 _MINUTE: Final = timedelta(minutes=1)
@@ -55,6 +57,17 @@ def _zone_names(digits: str) -> tuple[str, ...]:
     except phonenumbers.NumberParseException:
         return ()
     return tuple(name for name in time_zones_for_number(number) if name != _UNKNOWN_ZONE)
+
+
+@functools.lru_cache(maxsize=1024)
+def named_zone(name: str | None) -> ZoneInfo | None:
+    """The zone a subscriber's `time_zone` attribute names, or None when it names none this machine knows."""
+    if not name:
+        return None
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 def zones_for_number(msisdn_e164_digits: str, default_tz: str = "America/New_York") -> tuple[ZoneInfo, ...]:
@@ -171,8 +184,12 @@ def next_allowed(
     start: time = time(8, 0),
     end: time = time(21, 0),
     default_tz: str = "America/New_York",
+    time_zone: str | None = None,
 ) -> datetime | None:
     """When a marketing message to this number may be sent: None if now, else the next allowed UTC minute.
+
+    ``time_zone`` is the subscriber's own zone (attribute `time_zone`): when it names a known zone it is the only
+    one used; else the number's zones are.
 
     The window ``[start, end)`` is in the recipient's local time (``start > end`` is an overnight
     window, see the module docstring); a number with several zones is allowed only when every one of
@@ -191,7 +208,8 @@ def next_allowed(
     if start == end:
         raise ValueError(f"empty sending window: start and end are both {start}")
     now = now.astimezone(UTC)
-    zones = zones_for_number(msisdn_e164_digits, default_tz)
+    own = named_zone(time_zone)
+    zones = (own,) if own is not None else zones_for_number(msisdn_e164_digits, default_tz)
     common, first = _day_plan(tuple(z.key for z in zones), now.date(), start, end)
     found, when = _first_allowed(common, now)
     if not found and len(zones) > 1:

@@ -134,7 +134,11 @@ SELECT t.i,
        t.inbound_message_id IS NOT NULL AND coalesce((SELECT true FROM inbound_message im
                WHERE im.id = t.inbound_message_id AND im.intent IN ('help', 'opt_out')
                  AND im.msisdn = t.msisdn AND smsgw_short_code(im.short_code) = t.short_code
-                 AND im.received_at > now() - interval '1 day' LIMIT 1), false) AS exempt
+                 AND im.received_at > now() - interval '1 day' LIMIT 1), false) AS exempt,
+       -- The subscriber's own zone for quiet hours (gateway/quiet_hours.py); only list messages can be marketing.
+       CASE WHEN t.list_name IS NOT NULL THEN (SELECT sb.attributes ->> 'time_zone' FROM subscriber sb
+                                               WHERE sb.short_code = t.short_code AND sb.msisdn = t.msisdn)
+       END AS time_zone
 FROM (SELECT smsgw_short_code(u.short_code) AS short_code, ltrim(u.msisdn, '+') AS msisdn, u.list_name,
              u.inbound_message_id, u.i
       FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[]) WITH ORDINALITY

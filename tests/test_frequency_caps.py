@@ -169,7 +169,7 @@ class _Pool:
 
     async def fetch(self, query: str, *args: Any, timeout: float | None = None) -> list[dict[str, Any]]:
         if query == consent_sql.CONSENT_CHECK:
-            return [{"i": i, "opted_out": False, "subscribed": True, "exempt": False}
+            return [{"i": i, "opted_out": False, "subscribed": True, "exempt": False, "time_zone": None}
                     for i in range(1, len(args[0]) + 1)]
         raise ConnectionResetError("connection lost")
 

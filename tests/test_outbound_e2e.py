@@ -369,6 +369,44 @@ async def test_quiet_hours_defer_marketing_but_not_transactional(
     assert timedelta(hours=1, minutes=55) <= marketing["wait"] <= timedelta(hours=2, minutes=1)
 
 
+async def test_quiet_hours_follow_the_subscribers_own_time_zone(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
+) -> None:
+    """Two New York numbers; one subscriber lives in Los Angeles (attribute time_zone). With a window that is open
+    in Los Angeles and closed in New York, only the Los Angeles subscriber's promotion goes."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    la = datetime.now(ZoneInfo("America/Los_Angeles"))
+    start = (la - timedelta(hours=1)).time().replace(second=0, microsecond=0)
+    end = (la + timedelta(hours=1)).time().replace(second=0, microsecond=0)  # New York is 3 hours later: closed
+    await db_pool.execute("INSERT INTO subscriber_list (short_code, name, program) VALUES ('12345', 'news', 'N')")
+    await db_pool.execute(
+        "INSERT INTO subscription (short_code, list_name, msisdn, status)"
+        " VALUES ('12345', 'news', '12025550142', 'active'), ('12345', 'news', '12025550143', 'active')"
+    )
+    await db_pool.execute(
+        "SELECT smsgw_set_attributes('12345', '12025550142', '{\"time_zone\": \"America/Los_Angeles\"}'::jsonb)"
+    )
+    await db_pool.execute(
+        "INSERT INTO outbound_message (source, destination, body, message_class, list_name) VALUES"
+        " ('12345', '+12025550142', 'Sale! (LA)', 'marketing', 'news'),"
+        " ('12345', '+12025550143', 'Sale! (NY)', 'marketing', 'news')"
+    )
+    settings = settings_for(db_dsn, sim)
+    settings = settings.model_copy(
+        update={
+            "dispatcher": settings.dispatcher.model_copy(update={"quiet_hours_start": start, "quiet_hours_end": end})
+        }
+    )
+    async with running_gateway(settings):
+        await wait_status(db_pool, "delivered", 1, timeout=20)
+        await asyncio.sleep(0.5)
+    rows = {r["destination"]: (r["status"], r["reason"]) for r in await db_pool.fetch(
+        "SELECT destination, status, reason FROM outbound_message")}
+    assert rows == {"+12025550142": ("delivered", "delivered"), "+12025550143": ("queued", "quiet_hours")}
+
+
 async def test_transmitter_receiver_pair_for_smscs_without_transceiver(
     db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
 ) -> None:

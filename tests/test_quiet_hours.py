@@ -118,6 +118,27 @@ def test_uk_number_winter_and_summer() -> None:
     assert next_allowed(UK_MOBILE, utc(2024, 7, 15, 20, 0)) == local(LONDON, 2024, 7, 16, 8, 0)
 
 
+@pytest.mark.parametrize(
+    ("time_zone", "now", "expected"),
+    [
+        # A New York number whose subscriber lives in Los Angeles: 06:30 there (09:30 in New York) waits until 08:00
+        # Los Angeles time; 20:30 there (23:30 in New York) is allowed.
+        ("America/Los_Angeles", local(ZoneInfo("America/Los_Angeles"), 2026, 7, 1, 6, 30),
+         local(ZoneInfo("America/Los_Angeles"), 2026, 7, 1, 8, 0)),
+        ("America/Los_Angeles", local(ZoneInfo("America/Los_Angeles"), 2026, 7, 1, 20, 30), None),
+        # No zone, an unknown zone or a malformed one: the number's zone (New York) decides.
+        (None, local(NEW_YORK, 2026, 7, 1, 23, 30), local(NEW_YORK, 2026, 7, 2, 8, 0)),
+        ("Mars/Olympus_Mons", local(NEW_YORK, 2026, 7, 1, 23, 30), local(NEW_YORK, 2026, 7, 2, 8, 0)),
+        ("../../etc/passwd", local(NEW_YORK, 2026, 7, 1, 7, 0), local(NEW_YORK, 2026, 7, 1, 8, 0)),
+        ("", local(NEW_YORK, 2026, 7, 1, 12, 0), None),
+    ],
+)
+def test_the_subscribers_own_zone_wins_over_the_numbers(
+    time_zone: str | None, now: datetime, expected: datetime | None
+) -> None:
+    assert next_allowed(US_NYC, now, time_zone=time_zone) == expected
+
+
 def test_custom_window_and_default_zone_for_unknown_numbers() -> None:
     berlin = ZoneInfo("Europe/Berlin")
     now = local(berlin, 2024, 6, 3, 9, 0)
