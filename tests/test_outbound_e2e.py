@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from datetime import time as dt_time
 from pathlib import Path
 
 import asyncpg
@@ -329,6 +330,21 @@ async def test_each_error_class_leads_to_its_documented_end_state(
         assert row["error_code"] == status
 
 
+async def _run_until_one_delivered(
+    db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator, start: dt_time, end: dt_time
+) -> None:
+    """Run the gateway with quiet hours start-end until one row is delivered, and half a second more."""
+    settings = settings_for(db_dsn, sim)
+    settings = settings.model_copy(
+        update={
+            "dispatcher": settings.dispatcher.model_copy(update={"quiet_hours_start": start, "quiet_hours_end": end})
+        }
+    )
+    async with running_gateway(settings):
+        await wait_status(db_pool, "delivered", 1, timeout=20)
+        await asyncio.sleep(0.5)
+
+
 async def test_quiet_hours_defer_marketing_but_not_transactional(
     db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
 ) -> None:
@@ -348,15 +364,7 @@ async def test_quiet_hours_defer_marketing_but_not_transactional(
         " ('12345', '+12025550142', 'Sale!', 'marketing', 'news'),"
         " ('12345', '+12025550142', 'Your code is 1234', 'transactional', NULL)"
     )
-    settings = settings_for(db_dsn, sim)
-    settings = settings.model_copy(
-        update={
-            "dispatcher": settings.dispatcher.model_copy(update={"quiet_hours_start": start, "quiet_hours_end": end})
-        }
-    )
-    async with running_gateway(settings):
-        await wait_status(db_pool, "delivered", 1, timeout=20)
-        await asyncio.sleep(0.5)
+    await _run_until_one_delivered(db_pool, db_dsn, sim, start, end)
     rows = {
         r["message_class"]: r
         for r in await db_pool.fetch(
@@ -393,15 +401,7 @@ async def test_quiet_hours_follow_the_subscribers_own_time_zone(
         " ('12345', '+12025550142', 'Sale! (LA)', 'marketing', 'news'),"
         " ('12345', '+12025550143', 'Sale! (NY)', 'marketing', 'news')"
     )
-    settings = settings_for(db_dsn, sim)
-    settings = settings.model_copy(
-        update={
-            "dispatcher": settings.dispatcher.model_copy(update={"quiet_hours_start": start, "quiet_hours_end": end})
-        }
-    )
-    async with running_gateway(settings):
-        await wait_status(db_pool, "delivered", 1, timeout=20)
-        await asyncio.sleep(0.5)
+    await _run_until_one_delivered(db_pool, db_dsn, sim, start, end)
     rows = {r["destination"]: (r["status"], r["reason"]) for r in await db_pool.fetch(
         "SELECT destination, status, reason FROM outbound_message")}
     assert rows == {"+12025550142": ("delivered", "delivered"), "+12025550143": ("queued", "quiet_hours")}
