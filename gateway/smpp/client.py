@@ -2,8 +2,17 @@
 
 Rule of this module: protocol decisions live in `session.py`; this file only moves bytes, arms one
 timer from `Session.next_deadline()`, and resolves futures keyed by sequence number. Every network
-wait has a timeout. Reading can be paused by flow control (`pause_reading`): bytes already read but not yet
-decoded are held, undecoded, until `resume_reading`, and the session's timers stop meanwhile.
+wait has a timeout.
+
+Reading can be paused by flow control (`pause_reading`): from then on nothing the SMSC sends is acted on
+until `resume_reading` (only a PDU the session had already begun to read is finished), and the session's timers
+stop meanwhile (an unread response is not a late one). The socket is still read while paused, because a strict
+SMSC drops a bind whose enquire_links go unanswered, and a database stall must not cost the bind: the bytes read
+are held, undecoded and in arrival order, except each complete enquire_link request, which is taken out and given
+to the session at once so that it is answered. Everything else (deliver_sm, submit_sm_resp, enquire_link_resp,
+unbind, anything unknown) waits for `resume_reading`: the SMSC's deliver_sm stay unacknowledged and our window
+stays full, as before. Past `HELD_CAP` held octets the transport itself stops reading, and a bad command_length
+ends the scan (the session rejects it after resume): then the SMSC's enquire_links wait too, as they always did.
 """
 
 from __future__ import annotations
@@ -15,14 +24,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from gateway.smpp import codec
 from gateway.smpp import session as s
-from gateway.smpp.pdu import DataSm, DeliverSm, Pdu, _Bind
+from gateway.smpp.pdu import CommandId, DataSm, DeliverSm, Pdu, _Bind
 
 log = logging.getLogger(__name__)
 
 # Received bytes are decoded this much at a time, so that a pause asked for by a handler (the writer is full)
 # takes effect within a few PDUs instead of after the whole read (uvloop reads up to 256 KiB at once).
 FEED_CHUNK = 4096
+
+# Octets held while reading is paused, beyond which the transport itself stops reading (one more read can land:
+# at most 256 KiB with uvloop). An SMSC that honours its window has at most a window of deliver_sm outstanding:
+# 1 MiB is a window of 10 of the largest PDUs the framer accepts (70,000 octets), or thousands of ordinary
+# receipts and MOs, so a well-behaved link never reaches it and keeps its enquire_links answered for the whole
+# stall. Only an SMSC that ignores its window gets here, and then per connection memory stays bounded; past the
+# cap its enquire_links wait in the socket with the rest, as they did before held bytes were scanned.
+HELD_CAP = 1 << 20
+
+_ENQUIRE_LINK = int(CommandId.ENQUIRE_LINK).to_bytes(4, "big")
 
 
 class ConnectionClosedError(s.SessionError):
@@ -104,7 +124,16 @@ class SmppConnection(asyncio.Protocol):
         self._writable = asyncio.Event()
         self._writable.set()
         self._read_paused = False
+        self._read_paused_at = 0.0
         self._held = bytearray()  # read from the socket while paused, not yet given to the session
+        self._transport_paused = False  # by us, past HELD_CAP
+        # The scan of `_held` for enquire_links (see `_scan_held`). `_cut`: octets of a frame the session's framer
+        # had started when holding began (0: `_held` starts on a frame boundary); `_cut_head`: that frame's first
+        # octets (up to 4, for its command_length). `_scan`: offset in `_held` of the first frame not looked at
+        # yet, or None once a bad header stopped the scan for good.
+        self._cut = 0
+        self._cut_head = b""
+        self._scan: int | None = 0
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
 
@@ -115,7 +144,9 @@ class SmppConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._held or self._read_paused:
             self._held += data  # behind what is held already, to keep the order
-            if not self._read_paused:
+            if self._read_paused:
+                self._scan_held()
+            else:
                 self._feed_held()
             return
         self._feed(data)
@@ -131,19 +162,25 @@ class SmppConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._writable.set()
+        if self._read_paused:
+            self._scan_held()  # enquire_links held while our answers could not be written
         if self._on_window is not None:
             self._on_window(self)
 
     def pause_reading(self) -> None:
-        """Stop reading from the SMSC (flow control): unread PDUs stay in the socket, and the SMSC stops
-        sending when its window is full. Response and keep-alive timers stop too. Safe on a closed connection."""
+        """Stop acting on what the SMSC sends (flow control): PDUs are held unread, and the SMSC stops sending
+        when its window is full; only its enquire_links are answered meanwhile (see the module docstring).
+        Response and keep-alive timers stop too. Safe on a closed connection."""
         if self._read_paused or self.is_closed:
             return
+        now = self._loop.time()
         self._read_paused = True
-        self.session.pause_timers(self._loop.time())
+        self._read_paused_at = now
+        if not self._held:
+            self._hold_from_here()
+        self.session.pause_timers(now)
         self._rearm()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.pause_reading()
+        self._scan_held()  # bytes still held from a previous pause (resumed, paused again before they were fed)
 
     def resume_reading(self) -> None:
         """Read again; what was held while paused is decoded first (on the next loop turn)."""
@@ -154,8 +191,10 @@ class SmppConnection(asyncio.Protocol):
             return
         self.session.resume_timers(self._loop.time())
         self._rearm()
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.resume_reading()
+        if self._transport_paused:
+            self._transport_paused = False
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport.resume_reading()
         if self._held:
             # Not inline: the caller (the writer, running acks) must not re-enter the request handler.
             self._loop.call_soon(self._feed_held)
@@ -255,11 +294,13 @@ class SmppConnection(asyncio.Protocol):
                 if self.is_closed:
                     break
                 if self._read_paused:
-                    self._held += view[pos:]
+                    self._held += view[pos:]  # pause_reading saw `_held` empty and took the framer's state
                     break
                 self._dispatch(self.session.receive_data(bytes(view[pos : pos + FEED_CHUNK]), now))
         self._flush()
         self._rearm()
+        if self._read_paused:
+            self._scan_held()
 
     def _feed_held(self) -> None:
         if self._read_paused or self.is_closed or not self._held:
@@ -267,6 +308,105 @@ class SmppConnection(asyncio.Protocol):
         data = bytes(self._held)
         self._held.clear()
         self._feed(data)
+
+    def _hold_from_here(self) -> None:
+        """Holding starts (nothing is held): note where the next frame boundary is in what will be held.
+
+        The session's framer may hold the start of a frame (reads do not end on PDU boundaries): the first octets
+        held then finish that frame, and nothing can be given to the session before them. The framer tells (read
+        only): framing every read twice on the hot path would be the alternative."""
+        framer = self.session.framer
+        self._cut = framer.buffered
+        self._cut_head = framer.head if self._cut else b""
+        self._scan = 0
+
+    def _scan_held(self) -> None:
+        """While paused: give the session every complete enquire_link held (it answers them), oldest first, and
+        pause the transport once more than HELD_CAP octets are held. Every other frame stays held, in order.
+
+        enquire_link_resp (the answer to our keep-alive or probe) stays held: our timers are stopped while paused,
+        so using it now gains nothing, and the session then sees the responses in wire order, which its probe
+        logic reasons with. unbind stays held: answering it would end the session in front of held responses
+        (submit_sm_resp with message_ids), turning known outcomes into unknown ones; if the SMSC gives up waiting
+        and closes, its unacknowledged deliver_sm are sent again, as before."""
+        if not self._read_paused or self.is_closed:
+            return
+        # Our answers wait in the socket's buffer: the SMSC is not reading, more enquire_links stay held (and count
+        # towards the cap), so a flood of them cannot grow our write buffer either.
+        if (
+            self._scan is not None
+            and not self._write_paused
+            and self.session.state is not s.State.CLOSED
+            and (self._cut == 0 or self._finish_cut())
+        ):
+            links = self._take_enquire_links()
+            if links:
+                for link in links:
+                    # The pause's own start as the time: resume_timers counts the paused time as ours, not the link's.
+                    self._dispatch(self.session.receive_data(link, self._read_paused_at))
+                self._flush()
+                self._rearm()
+        # _read_paused again: a handler run above may have resumed reading.
+        if self._read_paused and len(self._held) > HELD_CAP and not self._transport_paused and not self.is_closed:
+            if self._transport is not None and not self._transport.is_closing():
+                self._transport_paused = True
+                self._transport.pause_reading()
+
+    def _finish_cut(self) -> bool:
+        """Give the session the rest of the frame it had started, once held; True when `_held` then starts on a
+        frame boundary. That frame was already being read when the pause came, like the rest of a feed chunk."""
+        held = self._held
+        head = self._cut_head + bytes(held[: 4 - len(self._cut_head)])
+        if len(head) < 4:
+            return False
+        length = int.from_bytes(head, "big")
+        if not codec.MIN_PDU_LENGTH <= length <= self.session.framer.max_length:
+            self._scan = None  # the session rejects it after resume, as it always did
+            return False
+        rest = length - self._cut
+        if len(held) < rest:
+            return False
+        frame_end = bytes(held[:rest])
+        del held[:rest]
+        self._cut = 0
+        self._cut_head = b""
+        self._dispatch(self.session.receive_data(frame_end, self._read_paused_at))
+        self._flush()
+        self._rearm()
+        return not self.is_closed and self._read_paused and self.session.state is not s.State.CLOSED
+
+    def _take_enquire_links(self) -> list[bytes]:
+        """Cut every complete enquire_link out of `_held` past `_scan`; advance `_scan` over the complete frames.
+        Only the octets not scanned before are looked at, and rebuilt once: a flood of enquire_links costs linear
+        time, not a copy of everything held per enquire_link."""
+        held = self._held
+        assert self._scan is not None
+        start = pos = self._scan
+        end = len(held)
+        max_length = self.session.framer.max_length
+        links: list[bytes] = []
+        kept: list[bytes] = []
+        kept_from = start
+        while end - pos >= 4:
+            length = int.from_bytes(held[pos : pos + 4], "big")
+            if not codec.MIN_PDU_LENGTH <= length <= max_length:
+                self._scan = None  # cannot be resynchronised: left for the session to reject after resume
+                break
+            if end - pos < length:
+                break
+            # Only a bare header: an enquire_link with a body is malformed, and the session answers that after resume.
+            if length == codec.MIN_PDU_LENGTH and held[pos + 4 : pos + 8] == _ENQUIRE_LINK:
+                kept.append(bytes(held[kept_from:pos]))
+                links.append(bytes(held[pos : pos + length]))
+                kept_from = pos + length
+            pos += length
+        if links:
+            kept.append(bytes(held[kept_from:]))
+            held[start:] = b"".join(kept)
+            pos -= codec.MIN_PDU_LENGTH * len(links)
+        if self._scan is not None:
+            self._scan = pos
+        return links
 
     def _flush(self) -> None:
         data = self.session.data_to_send()
@@ -348,6 +488,8 @@ class SmppConnection(asyncio.Protocol):
                 fut.set_exception(ConnectionClosedError(reason))
                 fut.exception()  # mark retrieved: nobody may be waiting any more
         self._held.clear()
+        self._cut = 0
+        self._scan = 0
         self._closed.set()
         self._writable.set()
         if self._on_close is not None:

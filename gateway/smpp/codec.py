@@ -508,6 +508,11 @@ class Framer:
         """Octets of an incomplete frame waiting for more data."""
         return len(self._buffer)
 
+    @property
+    def head(self) -> bytes:
+        """The first octets (up to 4: its command_length) of the incomplete frame waiting for more data."""
+        return bytes(self._buffer[:4])
+
 
 def is_response_id(command_id: int) -> bool:
     """True when the command id has the response bit set."""

@@ -212,6 +212,12 @@ class Session:
     # -- properties ----------------------------------------------------------------------------------
 
     @property
+    def framer(self) -> codec.Framer:
+        """The framer (read it, never feed it): the connection looks at where the next frame starts while reading
+        is paused (client.py, enquire_links answered during a pause)."""
+        return self._framer
+
+    @property
     def is_bound(self) -> bool:
         return self.state in BOUND_STATES
 
