@@ -153,6 +153,8 @@ class _Prometheus:
 
     async def get(self, path: str, **params: str) -> dict[str, Any]:
         async with self.http.get(self.base + path, params=params) as resp:
+            if resp.status == 503:  # "Service Unavailable" while it starts (a loaded machine): not an answer yet
+                return {"status": "starting"}
             body: dict[str, Any] = await resp.json(content_type=None)
             return body
 
