@@ -83,6 +83,11 @@ async def run_gateway_kill(
                 event = FaultEvent("kill -9", time.monotonic())
                 gw.kill9()
                 events.append(event)
+                # The dead process's last submit_sm may still wait in the SMSC's socket buffers and be accepted a
+                # moment after the kill: the fault acts until the SMSC has seen the process's binds close (it reads
+                # up to the end of the stream first). Without this, a resend of such a row counted as unattributed.
+                await wait_until(lambda: sim.bound() == 0, 5)
+                event.until = time.monotonic()
                 event.detail["claimed_at_kill"] = await _claimed_by_pid(pool, pid)
                 await asyncio.sleep(rng.uniform(0.1, 0.5))  # down for a moment
                 gw.start()
