@@ -46,7 +46,17 @@ from pathlib import Path
 
 import asyncpg
 import psutil
-from outbound import SMSGW, cores, counter_value, cpu_per_message, postgres_procs, sample, scrape, steady_window
+from outbound import (
+    SMSGW,
+    cores,
+    counter_value,
+    cpu_per_message,
+    postgres_procs,
+    process_tree,
+    sample,
+    scrape,
+    steady_window,
+)
 from processes import stop, wait_port
 
 from gateway.db.embedded import EmbeddedPostgres, free_port
@@ -148,20 +158,13 @@ async def run_round(args: argparse.Namespace, dsn: str, data_dir: Path, config: 
                      "--nonblocking", "--format", "raw", "--output", str(tmp / f"profile-{key}.txt")],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-            def gateway_procs() -> list[psutil.Process]:
-                try:
-                    parent = psutil.Process(gw.pid)
-                    return [parent, *parent.children(recursive=True)]
-                except psutil.Error:
-                    return []
-
             t0 = time.monotonic()
-            samples = [sample(0.0, 0, gateway_procs(), postgres_procs(data_dir), sim_procs)]
+            samples = [sample(0.0, 0, process_tree(gw.pid), postgres_procs(data_dir), sim_procs)]
             ok = False
             while time.monotonic() - t0 < args.time_limit:
                 await asyncio.sleep(0.5)
                 left = await conn.fetchval(f"SELECT count(*) FROM outbound_message WHERE {NOT_FINAL}")
-                samples.append(sample(time.monotonic() - t0, rows - left, gateway_procs(),
+                samples.append(sample(time.monotonic() - t0, rows - left, process_tree(gw.pid),
                                       postgres_procs(data_dir), sim_procs))
                 if gw.poll() is not None:
                     break

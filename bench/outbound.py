@@ -90,6 +90,15 @@ def counter_value(metrics_text: str, name: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{name}(?:\{{.*?\}})? ([0-9.e+-]+)$", metrics_text, re.M))
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and all its descendants (`smsgw run --workers N` forks its workers); [] once it is gone."""
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
 def postgres_procs(data_dir: Path) -> list[psutil.Process]:
     pid = int((data_dir / "postmaster.pid").read_text().split()[0])
     master = psutil.Process(pid)
@@ -321,15 +330,8 @@ async def main() -> int:
         for port in metrics_ports:
             wait_port(port, 30)
 
-        def gateway_procs() -> list[psutil.Process]:
-            try:
-                parent = psutil.Process(gw.pid)
-                return [parent, *parent.children(recursive=True)]
-            except psutil.Error:
-                return []
-
         t0 = time.monotonic()
-        first = sample(0.0, 0, gateway_procs(), postgres_procs(pg.data_dir), sim_procs)
+        first = sample(0.0, 0, process_tree(gw.pid), postgres_procs(pg.data_dir), sim_procs)
         samples = [first]
         producer = (asyncio.create_task(produce_steadily(dsn, args.steady_rate, args.duration, args.body))
                     if steady else None)
@@ -342,7 +344,7 @@ async def main() -> int:
                 """SELECT count(*) FILTER (WHERE status IN ('queued', 'claimed', 'submitted')) AS left,
                           count(*) AS total FROM outbound_message"""
             )
-            samples.append(sample(time.monotonic() - t0, row["total"] - row["left"], gateway_procs(),
+            samples.append(sample(time.monotonic() - t0, row["total"] - row["left"], process_tree(gw.pid),
                                   postgres_procs(pg.data_dir), sim_procs))
             if gw.poll() is not None:
                 break
