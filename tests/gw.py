@@ -50,6 +50,32 @@ def settings_for(dsn: str, sim: SmscSimulator, **smsc: Any) -> Settings:
     )
 
 
+def campaign_settings(
+    dsn: str,
+    sim: SmscSimulator,
+    keywords: dict[str, Any] | None = None,
+    *,
+    window: int = 20,
+    maintenance_interval: float = 0.2,
+    dispatcher: dict[str, Any] | None = None,
+    **sections: Any,
+) -> Settings:
+    """A gateway for the end-to-end tests of the campaign features (templates, events, schedules, caps, content
+    checks, report, roles): fast timers, quiet hours off (the tests run at any hour of the day), the short codes'
+    `keywords`. `dispatcher` adds to the dispatcher settings; other sections (webhook, metrics...) pass through."""
+    return load_settings(
+        None,
+        database={"url": dsn},
+        smsc={"sim": {"port": sim.port, "system_id": "smsgw", "password": "secret", "window": window,
+                      "reconnect_min": 0.05, "reconnect_max": 0.5}},
+        dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": maintenance_interval,
+                    "retry_base": 0.05, "quiet_hours": False, **(dispatcher or {})},
+        inbound={"poll_interval": 0.2},
+        keywords=keywords or {},
+        **{"metrics": {"enabled": False}, **sections},
+    )
+
+
 @contextlib.asynccontextmanager
 async def running_gateway(settings: Settings) -> AsyncIterator[Gateway]:
     gw = Gateway(settings)

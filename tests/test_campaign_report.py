@@ -16,11 +16,10 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner, Result
-from gw import running_gateway, wait_final
+from gw import campaign_settings, running_gateway, wait_final
 
 from gateway.admin import campaigns
 from gateway.cli import main
-from gateway.settings import Settings, load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 
 SC = "12345"
@@ -234,20 +233,6 @@ async def test_one_campaign_is_read_through_the_indexes(db_pool: asyncpg.Pool) -
 # -- end to end: broadcast, gateway, simulator, STOP -------------------------------------------------------
 
 
-def campaign_settings(dsn: str, sim: SmscSimulator) -> Settings:
-    return load_settings(
-        None,
-        database={"url": dsn},
-        smsc={"sim": {"port": sim.port, "system_id": "smsgw", "password": "secret", "window": 20,
-                      "reconnect_min": 0.05, "reconnect_max": 0.5}},
-        dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.2, "retry_base": 0.05,
-                    "quiet_hours": False},
-        inbound={"poll_interval": 0.2},
-        keywords={SC: KEYWORDS},
-        metrics={"enabled": False},
-    )
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def sim() -> AsyncIterator[SmscSimulator]:
     config = SimulatorConfig(receipt_delay=0.01, outcomes={"DELIVRD": 0.8, "UNDELIV": 0.2}, seed=11)
@@ -259,7 +244,7 @@ async def test_broadcast_end_to_end_report_matches_the_table(
     db_pool: asyncpg.Pool, db_dsn: str, sim: SmscSimulator
 ) -> None:
     numbers = [f"+1202555{i:04d}" for i in range(1000, 1200)]
-    async with running_gateway(campaign_settings(db_dsn, sim)):  # its start creates the list 'news'
+    async with running_gateway(campaign_settings(db_dsn, sim, {SC: KEYWORDS})):  # its start creates the list 'news'
         await db_pool.execute(
             "SELECT smsgw_opt_in($1, n, 'news', 'api', NULL, NULL, NULL, 'test') FROM unnest($2::text[]) n",
             SC, numbers,

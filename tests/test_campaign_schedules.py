@@ -12,13 +12,12 @@ from zoneinfo import ZoneInfo
 import asyncpg
 import pytest
 from click.testing import CliRunner
-from gw import running_gateway, wait_final
+from gw import campaign_settings, running_gateway, wait_final
 
 from gateway import campaigns
 from gateway.admin import AdminError, campaign_admin
 from gateway.campaigns import Schedule
 from gateway.cli import main
-from gateway.settings import load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 
 SC = "12345"
@@ -259,15 +258,7 @@ async def test_recurring_campaign_across_a_restart(
     await _create(db_pool, "minutely", "* * * * *")
     first, second = "minutely@2026-06-01T10:00:00Z", "minutely@2026-06-01T10:01:00Z"
     async with SmscSimulator(SimulatorConfig(receipt_delay=0.01, deliver_timeout=1.0)) as sim:
-        settings = load_settings(
-            None,
-            database={"url": db_dsn},
-            smsc={"sim": {"port": sim.port, "system_id": "smsgw", "password": "secret", "window": 50,
-                          "reconnect_min": 0.05, "reconnect_max": 0.5}},
-            dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.5,
-                        "retry_base": 0.05, "quiet_hours": False},
-            metrics={"enabled": False},
-        )
+        settings = campaign_settings(db_dsn, sim, window=50, maintenance_interval=0.5)
         async with running_gateway(settings):
             await asyncio.sleep(0.2)
             assert await _keys(db_pool) == {}  # 09:59:30: nothing due

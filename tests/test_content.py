@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner
-from gw import running_gateway, wait_final
+from gw import campaign_settings, running_gateway, wait_final
 from pydantic import ValidationError
 
 from gateway.cli import main
@@ -31,7 +31,6 @@ from gateway.content import (
     has_program_name,
     load_lists,
 )
-from gateway.settings import load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 from gateway.status import Reason
 from keywords.config import ContentRules, ShortCodeKeywords
@@ -294,17 +293,8 @@ async def test_content_rules_at_send_time(db_pool: asyncpg.Pool, db_dsn: str, si
         "custom": [{"word": "BEER", "reply": "{program}: our beer list is at bit.ly/beer"}],
         "content": {"append_opt_out": True},
     }
-    settings = load_settings(
-        None,
-        database={"url": db_dsn},
-        smsc={"sim": {"port": sim.port, "system_id": "smsgw", "password": "secret", "window": 20,
-                      "reconnect_min": 0.05, "reconnect_max": 0.5}},
-        dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.2, "retry_base": 0.05,
-                    "quiet_hours": False},
-        inbound={"poll_interval": 0.2},
-        keywords={"+" + SC: keywords},  # configured with '+': rows from "12345" still get the rules
-        metrics={"enabled": False},
-    )
+    # Configured with '+': rows from "12345" still get the rules.
+    settings = campaign_settings(db_dsn, sim, {"+" + SC: keywords})
     numbers = [f"1555000010{i}" for i in range(5)]
 
     def texts_to(number: str) -> list[str]:

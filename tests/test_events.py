@@ -9,11 +9,10 @@ from typing import Any
 
 import asyncpg
 import pytest
-from gw import running_gateway, wait_final
+from gw import campaign_settings, running_gateway, wait_final
 from pydantic import ValidationError
 
 from gateway import campaigns
-from gateway.settings import load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 from gateway.status import Reason
 from keywords.config import ShortCodeKeywords
@@ -182,16 +181,7 @@ async def test_sync_from_config(db_pool: asyncpg.Pool) -> None:
 async def test_event_rule_from_insert_to_delivered(db_pool: asyncpg.Pool, db_dsn: str) -> None:
     await _templates(db_pool)
     async with SmscSimulator(SimulatorConfig(receipt_delay=0.01, deliver_timeout=1.0)) as sim:
-        settings = load_settings(
-            None,
-            database={"url": db_dsn},
-            smsc={"sim": {"port": sim.port, "system_id": "smsgw", "password": "secret", "window": 20,
-                          "reconnect_min": 0.05, "reconnect_max": 0.5}},
-            dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.5,
-                        "retry_base": 0.05, "quiet_hours": False},
-            keywords={SC: KEYWORDS},
-            metrics={"enabled": False},
-        )
+        settings = campaign_settings(db_dsn, sim, {SC: KEYWORDS}, maintenance_interval=0.5)
         async with running_gateway(settings):
             # the daemon synced the configured rules
             assert await db_pool.fetchval("SELECT count(*) FROM event_rule WHERE managed_by = 'config'") == 2

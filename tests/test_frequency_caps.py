@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 import pytest_asyncio
-from gw import running_gateway
+from gw import campaign_settings, running_gateway
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
@@ -26,7 +26,7 @@ from gateway.frequency_caps import (
     caps_from_keywords,
     number_keys,
 )
-from gateway.settings import DispatcherSettings, Settings, SmscSettings, load_settings
+from gateway.settings import DispatcherSettings, SmscSettings, load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 from gateway.status import Reason
 from keywords import sql as consent_sql
@@ -226,20 +226,6 @@ KEYWORDS: dict[str, Any] = {
 }
 
 
-def cap_settings(dsn: str, sim: SmscSimulator) -> Settings:
-    return load_settings(
-        None,
-        database={"url": dsn},
-        smsc={"sim": {"port": sim.port, "system_id": "smsgw", "password": "secret", "window": 20,
-                      "reconnect_min": 0.05, "reconnect_max": 0.5}},
-        dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.2, "retry_base": 0.05,
-                    "quiet_hours": False},
-        inbound={"poll_interval": 0.2},
-        keywords={SC: KEYWORDS},
-        metrics={"enabled": False},
-    )
-
-
 @pytest_asyncio.fixture(loop_scope="session")
 async def sim() -> AsyncIterator[SmscSimulator]:
     async with SmscSimulator(SimulatorConfig(receipt_delay=0.01)) as simulator:
@@ -305,7 +291,7 @@ async def test_cap_two_per_day_in_one_batch_and_later(
         ("+" + A, "order 42 shipped", "transactional", list_name),  # never capped, even naming the list
         ("+" + B, f"{list_name} B2", "marketing", list_name),
     ])
-    async with running_gateway(cap_settings(db_dsn, sim)):
+    async with running_gateway(campaign_settings(db_dsn, sim, {SC: KEYWORDS})):
         rows = await settled(db_pool, ids)
         later = await insert(db_pool, [("+" + A, f"{list_name} 4", "marketing", list_name)])
         rows |= await settled(db_pool, later)
@@ -360,7 +346,7 @@ async def test_counts_what_was_sent_in_the_windows_and_rows_in_flight_elsewhere(
         ("+" + B, "weekly B1", "marketing", "weekly"),  # B: 25 h ago + the one in flight: 2 this week
         ("+" + B, "weekly B2", "marketing", "weekly"),
     ])
-    async with running_gateway(cap_settings(db_dsn, sim)):
+    async with running_gateway(campaign_settings(db_dsn, sim, {SC: KEYWORDS})):
         rows = await settled(db_pool, ids)
     a1, a2, b1, b2 = (rows[i] for i in ids)
     assert (a1["status"], b1["status"]) == ("delivered", "delivered")

@@ -21,13 +21,13 @@ import asyncpg
 import pytest
 import pytest_asyncio
 from click.testing import CliRunner, Result
-from gw import running_gateway
+from gw import campaign_settings, running_gateway
 from pg import ADMIN_DB, connection, create_database, drop_database, quote_ident
 
 from gateway.cli import main
 from gateway.db.embedded import EmbeddedPostgres, free_port
 from gateway.db.migrate import DEFAULT_ROLES, MigrationError, migrate
-from gateway.settings import Settings, load_settings
+from gateway.settings import Settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 
 PRODUCER, GATEWAY, REPORTING = DEFAULT_ROLES["producer"], DEFAULT_ROLES["gateway"], DEFAULT_ROLES["reporting"]
@@ -177,15 +177,9 @@ async def test_producer_may_not(producer: asyncpg.Connection, statement: str) ->
 def gateway_settings(dsn: str, sim: SmscSimulator, hook_port: int) -> Settings:
     """A daemon with keywords for SC, a webhook endpoint (its triggers, claims and results run as the gateway
     role too; nothing listens on its port, so every POST fails and is retried) and the HTTP server."""
-    return load_settings(
-        None,
-        database={"url": dsn},
-        smsc={"sim": {"port": sim.port, "system_id": "smsgw", "password": "secret", "window": 20,
-                      "reconnect_min": 0.05, "reconnect_max": 0.5}},
-        dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.2, "retry_base": 0.05,
-                    "quiet_hours": False, "shutdown_timeout": 5},
-        inbound={"poll_interval": 0.2},
-        keywords={SC: KEYWORDS},
+    return campaign_settings(
+        dsn, sim, {SC: KEYWORDS},
+        dispatcher={"shutdown_timeout": 5},
         webhook={"crm": {"url": f"http://127.0.0.1:{hook_port}/hook",
                          "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
                          "events": ["message.final", "mo.received", "consent.changed"], "timeout": 2}},

@@ -14,13 +14,12 @@ from typing import Any
 import asyncpg
 import pytest
 from click.testing import CliRunner
-from gw import running_gateway, wait_final
+from gw import campaign_settings, running_gateway, wait_final
 
 from gateway import message_templates as mt
 from gateway.admin import AdminError
 from gateway.admin import templates as admin_templates
 from gateway.cli import main
-from gateway.settings import load_settings
 from gateway.simulator import SimulatorConfig, SmscSimulator
 from gateway.status import Reason
 
@@ -325,15 +324,7 @@ async def test_personalised_broadcast_end_to_end(db_pool: asyncpg.Pool, db_dsn: 
     assert n == E2E_N
 
     async with SmscSimulator(SimulatorConfig(receipt_delay=0.01, deliver_timeout=1.0)) as sim:
-        settings = load_settings(
-            None,
-            database={"url": db_dsn},
-            smsc={"sim": {"port": sim.port, "system_id": "smsgw", "password": "secret", "window": 100,
-                          "reconnect_min": 0.05, "reconnect_max": 0.5}},
-            dispatcher={"flush_interval": 0.01, "poll_interval": 0.2, "maintenance_interval": 0.5,
-                        "retry_base": 0.05, "quiet_hours": False},
-            metrics={"enabled": False},
-        )
+        settings = campaign_settings(db_dsn, sim, window=100, maintenance_interval=0.5)
         started = time.perf_counter()
         async with running_gateway(settings):
             final = await wait_final(db_pool, timeout=60)
