@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
 
 import pytest
 import uvloop
+from raw_esme import RawClient, bound_client
 
 from gateway.simulator import SimulatorConfig, SmscSimulator, serve
-from gateway.smpp.codec import HEADER, Framer, PduDecodeError, decode, encode
+from gateway.smpp.codec import HEADER, PduDecodeError, encode
 from gateway.smpp.pdu import (
     BindReceiver,
     BindReceiverResp,
@@ -24,11 +22,9 @@ from gateway.smpp.pdu import (
     BindTransmitterResp,
     CommandId,
     DeliverSm,
-    DeliverSmResp,
     EnquireLink,
     EnquireLinkResp,
     GenericNack,
-    Pdu,
     Status,
     SubmitSm,
     SubmitSmResp,
@@ -36,104 +32,12 @@ from gateway.smpp.pdu import (
     Unbind,
     UnbindResp,
     UnknownPdu,
-    _Bind,
 )
 
-P = TypeVar("P", bound=Pdu)
-
-_READ_TIMEOUT_S = 2.0
 _RECEIPT_RE = re.compile(
     r"id:(?P<id>\S+) sub:001 dlvrd:(?P<dlvrd>\d{3}) submit date:\d{10} done date:\d{10} "
     r"stat:(?P<stat>[A-Z]{7}) err:(?P<err>\d{3}) text:(?P<text>.*)"
 )
-
-
-class RawClient:
-    """An ESME reduced to bytes: send PDUs, read PDUs in arrival order, see the connection close."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.framer = Framer()
-        self.inbox: deque[Pdu] = deque()
-        self.sequence = itertools.count(1)
-
-    @classmethod
-    async def connect(cls, sim: SmscSimulator) -> RawClient:
-        return await cls.connect_to(sim.port)
-
-    @classmethod
-    async def connect_to(cls, port: int) -> RawClient:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), _READ_TIMEOUT_S)
-        return cls(reader, writer)
-
-    def send(self, pdu: Pdu) -> None:
-        self.writer.write(encode(pdu))
-
-    def seq(self) -> int:
-        return next(self.sequence)
-
-    async def read(self, timeout: float = _READ_TIMEOUT_S) -> Pdu | None:
-        """The next PDU, or None once the simulator has closed the connection."""
-        async with asyncio.timeout(timeout):
-            while not self.inbox:
-                try:
-                    data = await self.reader.read(65536)
-                except ConnectionResetError:
-                    data = b""
-                if not data:
-                    self.writer.close()
-                    return None
-                self.inbox.extend(decode(frame) for frame in self.framer.feed(data))
-        return self.inbox.popleft()
-
-    async def expect(self, kind: type[P], timeout: float = _READ_TIMEOUT_S) -> P:
-        pdu = await self.read(timeout)
-        assert isinstance(pdu, kind), f"expected {kind.__name__}, got {pdu!r}"
-        return pdu
-
-    async def expect_closed(self, timeout: float = _READ_TIMEOUT_S) -> None:
-        pdu = await self.read(timeout)
-        assert pdu is None, f"expected the connection to close, got {pdu!r}"
-
-    async def bind(
-        self, kind: type[_Bind] = BindTransceiver, system_id: str = "smsgw", password: str = "secret"
-    ) -> Pdu:
-        self.send(kind(sequence_number=self.seq(), system_id=system_id, password=password))
-        resp = await self.read()
-        assert resp is not None
-        return resp
-
-    def submit(self, text: str = "hello", registered_delivery: int = 0, **fields: object) -> int:
-        sequence = self.seq()
-        fields.setdefault("source_addr", "12345")
-        fields.setdefault("destination_addr", "447700900001")
-        self.send(
-            SubmitSm(
-                sequence_number=sequence,
-                short_message=text.encode("ascii"),
-                registered_delivery=registered_delivery,
-                **fields,  # type: ignore[arg-type]
-            )
-        )
-        return sequence
-
-    def ack(self, pdu: Pdu, status: int = 0) -> None:
-        self.send(DeliverSmResp(sequence_number=pdu.sequence_number, command_status=status))
-
-    async def close(self) -> None:
-        self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), _READ_TIMEOUT_S)
-        except (ConnectionError, TimeoutError):
-            pass
-
-
-async def bound_client(sim: SmscSimulator, kind: type[_Bind] = BindTransceiver) -> RawClient:
-    client = await RawClient.connect(sim)
-    resp = await client.bind(kind)
-    assert resp.command_status == 0, resp
-    return client
 
 
 # -- binds and session rules ------------------------------------------------------------------------------

@@ -6,24 +6,16 @@ exactly what it read. Driven by a raw SMPP client over loopback (bytes and the c
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-from collections import deque
-from typing import TypeVar
-
 import pytest
+from raw_esme import RawClient, bound_client
 
 from gateway.simulator import SimulatorConfig, SmscSimulator
-from gateway.smpp.codec import Framer, decode, encode
 from gateway.smpp.pdu import (
     BindReceiver,
     BindTransceiver,
     BindTransmitter,
     DeliverSm,
-    DeliverSmResp,
     EnquireLink,
-    Pdu,
-    SubmitSm,
     SubmitSmResp,
     Tag,
     _Bind,
@@ -31,73 +23,16 @@ from gateway.smpp.pdu import (
 
 pytestmark = pytest.mark.chaos
 
-P = TypeVar("P", bound=Pdu)
-_READ_S = 2.0
 ACCOUNTS = {"smsgw": "secret", "other": "secret2"}
 
 
-class Esme:
-    """A minimal ESME: write PDUs, read them in order, notice the close."""
+async def bound(sim: SmscSimulator, kind: type[_Bind] = BindTransceiver, system_id: str = "smsgw") -> RawClient:
+    return await bound_client(sim, kind, system_id, ACCOUNTS[system_id])
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.framer = Framer()
-        self.inbox: deque[Pdu] = deque()
-        self.seq = itertools.count(1)
 
-    @classmethod
-    async def bound(cls, sim: SmscSimulator, kind: type[_Bind] = BindTransceiver, system_id: str = "smsgw") -> Esme:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", sim.port), _READ_S)
-        esme = cls(reader, writer)
-        esme.send(kind(sequence_number=next(esme.seq), system_id=system_id, password=ACCOUNTS[system_id]))
-        resp = await esme.read()
-        assert resp is not None and resp.command_status == 0, resp
-        return esme
-
-    def send(self, pdu: Pdu) -> None:
-        self.writer.write(encode(pdu))
-
-    def submit(self, text: str) -> int:
-        seq = next(self.seq)
-        self.send(SubmitSm(sequence_number=seq, source_addr="12345", destination_addr="12025550100",
-                           short_message=text.encode("ascii"), registered_delivery=1))
-        return seq
-
-    async def read(self, timeout: float = _READ_S) -> Pdu | None:
-        """The next PDU; None when the SMSC closed the connection. TimeoutError when nothing comes."""
-        async with asyncio.timeout(timeout):
-            while not self.inbox:
-                try:
-                    data = await self.reader.read(65536)
-                except ConnectionResetError:
-                    data = b""
-                if not data:
-                    return None
-                self.inbox.extend(decode(f) for f in self.framer.feed(data))
-        return self.inbox.popleft()
-
-    async def expect(self, kind: type[P], timeout: float = _READ_S) -> P:
-        pdu = await self.read(timeout)
-        assert isinstance(pdu, kind), f"expected {kind.__name__}, got {pdu!r}"
-        return pdu
-
-    async def silent(self, seconds: float) -> None:
-        """Nothing arrives (and the connection stays open) for `seconds`."""
-        with pytest.raises(TimeoutError):
-            await self.read(seconds)
-
-    def ack(self, pdu: Pdu) -> None:
-        self.send(DeliverSmResp(sequence_number=pdu.sequence_number))
-
-    async def close(self, abort: bool = False) -> None:
-        if abort:
-            self.writer.transport.abort()
-        else:
-            self.writer.close()
-        try:
-            await asyncio.wait_for(self.writer.wait_closed(), _READ_S)
-        except (ConnectionError, TimeoutError):
-            pass
+def submit(esme: RawClient, text: str) -> int:
+    """A marked submit_sm asking for a receipt."""
+    return esme.submit(text, registered_delivery=1, destination_addr="12025550100")
 
 
 def _config(**kw: float) -> SimulatorConfig:
@@ -106,14 +41,14 @@ def _config(**kw: float) -> SimulatorConfig:
 
 async def test_receipt_for_a_bind_that_is_gone_waits_for_the_same_account_to_bind_again() -> None:
     async with SmscSimulator(_config(receipt_delay=0.2)) as sim:
-        esme = await Esme.bound(sim)
-        esme.submit("chaos receipt")
+        esme = await bound(sim)
+        submit(esme, "chaos receipt")
         resp = await esme.expect(SubmitSmResp)
         await esme.close(abort=True)  # gone (kill -9) before the receipt is due
-        other = await Esme.bound(sim, BindReceiver, system_id="other")
+        other = await bound(sim, BindReceiver, system_id="other")
         await other.silent(0.5)  # due by now, but never to another account
         assert sim.stats.receipts_sent == 0
-        again = await Esme.bound(sim, BindReceiver)
+        again = await bound(sim, BindReceiver)
         receipt = await again.expect(DeliverSm)
         assert receipt.is_receipt and receipt.tlv_str(Tag.RECEIPTED_MESSAGE_ID) == resp.message_id
         again.ack(receipt)
@@ -125,12 +60,12 @@ async def test_receipt_for_a_bind_that_is_gone_waits_for_the_same_account_to_bin
 
 async def test_unacknowledged_receipt_is_sent_again_to_the_next_bind_after_a_kill() -> None:
     async with SmscSimulator(_config(receipt_delay=0.0, redelivery_delay=0.05)) as sim:
-        esme = await Esme.bound(sim)
-        esme.submit("chaos unacked")
+        esme = await bound(sim)
+        submit(esme, "chaos unacked")
         await esme.expect(SubmitSmResp)
         first = await esme.expect(DeliverSm)
         await esme.close(abort=True)  # read, never acknowledged (not yet stored, then the process died)
-        again = await Esme.bound(sim)
+        again = await bound(sim)
         second = await again.expect(DeliverSm)
         assert second.short_message == first.short_message
         again.ack(second)
@@ -142,7 +77,7 @@ async def test_unacknowledged_receipt_is_sent_again_to_the_next_bind_after_a_kil
 async def test_unacknowledged_mo_is_sent_again_until_acknowledged_and_waits_for_a_bind() -> None:
     async with SmscSimulator(_config(deliver_timeout=0.3, redelivery_delay=0.05)) as sim:
         delivery = await sim.inject_mo("+12025550100", "12345", "chaos mo")  # nobody bound yet: it waits
-        esme = await Esme.bound(sim)
+        esme = await bound(sim)
         first = await esme.expect(DeliverSm)
         second = await esme.expect(DeliverSm, timeout=2)  # no deliver_sm_resp within 0.3 s: sent again
         assert second.short_message == first.short_message == b"chaos mo"
@@ -156,17 +91,17 @@ async def test_unacknowledged_mo_is_sent_again_until_acknowledged_and_waits_for_
 
 async def test_stall_then_abort_accepts_only_what_was_read_before_it() -> None:
     async with SmscSimulator(_config(receipt_delay=0.0)) as sim:
-        esme = await Esme.bound(sim)
-        esme.submit("chaos before")
+        esme = await bound(sim)
+        submit(esme, "chaos before")
         await esme.expect(SubmitSmResp)
         await esme.expect(DeliverSm)  # its receipt (left unacknowledged on purpose)
         assert sim.stall(0.6, then="abort") == 1
-        esme.submit("chaos during")
-        esme.send(EnquireLink(sequence_number=next(esme.seq)))
+        submit(esme, "chaos during")
+        esme.send(EnquireLink(sequence_number=esme.seq()))
         await esme.silent(0.4)  # no submit_sm_resp, no enquire_link_resp, no FIN: half-open
         assert await esme.read(2) is None  # then the connection is dropped
         assert [r.text for r in sim.submits] == ["chaos before"]  # never read, never accepted: no record
-        again = await Esme.bound(sim, BindReceiver)
+        again = await bound(sim, BindReceiver)
         receipt = await again.expect(DeliverSm)  # the unacknowledged one, on the next bind
         assert b"chaos before" in receipt.short_message
         again.ack(receipt)
@@ -177,11 +112,11 @@ async def test_stall_then_abort_accepts_only_what_was_read_before_it() -> None:
 
 async def test_stall_then_resume_accepts_what_it_reads_and_other_links_keep_working() -> None:
     async with SmscSimulator(_config(receipt_delay=0.0, deliver_timeout=0.3, redelivery_delay=0.05)) as sim:
-        stalled = await Esme.bound(sim, BindTransmitter)  # receipts then go to `fresh` only: deterministic
+        stalled = await bound(sim, BindTransmitter)  # receipts then go to `fresh` only: deterministic
         sim.stall(0.8, then="resume")
-        stalled.submit("chaos during")
+        submit(stalled, "chaos during")
         # A fresh connection is not affected: the fault is that one link, as with a dead NAT entry.
-        fresh = await Esme.bound(sim, BindReceiver)
+        fresh = await bound(sim, BindReceiver)
         mo = await sim.inject_mo("+12025550100", "12345", "chaos mo")
         delivered = await fresh.expect(DeliverSm)
         assert delivered.short_message == b"chaos mo"
@@ -201,12 +136,12 @@ async def test_stall_then_resume_accepts_what_it_reads_and_other_links_keep_work
 
 async def test_deliver_sm_in_flight_on_a_stalled_link_is_resent_on_another_bind() -> None:
     async with SmscSimulator(_config(deliver_timeout=0.3, redelivery_delay=0.05)) as sim:
-        stalled = await Esme.bound(sim, BindReceiver)
+        stalled = await bound(sim, BindReceiver)
         mo = await sim.inject_mo("+12025550100", "12345", "chaos mo")
         first = await stalled.expect(DeliverSm)
         sim.stall(5.0)
         stalled.ack(first)  # written into the dead path: the SMSC never reads it
-        other = await Esme.bound(sim, BindReceiver)
+        other = await bound(sim, BindReceiver)
         second = await other.expect(DeliverSm, timeout=2)  # after deliver_timeout, on the live bind
         assert second.short_message == first.short_message and not mo.acked
         other.ack(second)
